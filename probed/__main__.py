@@ -1,0 +1,89 @@
+"""CLI: parse arguments, call into the package, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from probed import __version__, log
+from probed import config as config_mod
+from probed.config import ConfigError
+
+EXIT_CONFIG = 2
+DEFAULT_CONFIG = "probes.toml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="probed", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"probed {__version__}")
+    parser.add_argument("--log-level", default="info", choices=log.LEVELS)
+    parser.add_argument("--log-format", default="auto", choices=("auto", "json", "console"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", default=DEFAULT_CONFIG, type=Path)
+
+    check = sub.add_parser("check-config", help="validate a config and summarise it")
+    check.add_argument("config", type=Path)
+
+    probe = sub.add_parser(
+        "probe",
+        help="run one check now (Nagios exit codes: 0 OK, 2 CRITICAL, 3 UNKNOWN)",
+    )
+    probe.add_argument("module", help="a module of the config, or a probe name (tcp, ...)")
+    probe.add_argument("target", help="host:port (or what the module expects)")
+    probe.add_argument("-c", "--config", type=Path, default=None)
+    probe.add_argument("--debug", action="store_true", help="print the run's own log")
+    return parser
+
+
+def _check_config(path: Path) -> int:
+    try:
+        cfg = config_mod.load(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    print(cfg.summary())
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from probed.app import Resources, adhoc_job, new_event_loop  # noqa: PLC0415
+    from probed.report import UNKNOWN, nagios_state, report  # noqa: PLC0415
+    from probed.runner import execute  # noqa: PLC0415
+    from probed.secrets import SecretStore  # noqa: PLC0415
+
+    try:
+        cfg = config_mod.load(args.config) if args.config is not None else None
+        job = adhoc_job(cfg, args.module, args.target)
+    except (ConfigError, ValueError) as exc:
+        print(f"UNKNOWN - {exc}", file=sys.stderr)
+        return UNKNOWN
+    env = Resources(cfg.secrets if cfg is not None else SecretStore(Path.cwd()))
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        outcome = runner.run(execute(job, env, capture_log=args.debug))
+    sys.stdout.write(report(job, outcome, with_log=args.debug))
+    return nagios_state(outcome)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # The probe command's own log goes into its report; only the daemon logs to stdout.
+    log.configure("warning" if args.command == "probe" else args.log_level, args.log_format)
+    if args.command == "check-config":
+        return _check_config(args.config)
+    if args.command == "probe":
+        return _probe(args)
+    from probed.app import run_daemon  # noqa: PLC0415
+
+    try:
+        return run_daemon(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Composition root: config, resources, scheduler, web server; signals, reload, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from probed import config as config_mod
+from probed.config import Config, ConfigError, JobSpec
+from probed.exposition import Exposition, SelfMetrics, job_labels, render_outcome
+from probed.probes import PROBES
+from probed.report import report
+from probed.runner import execute
+from probed.scheduler import Scheduler
+from probed.secrets import SecretStore
+from probed.server import make_app
+from probed.systemd import Notifier
+from probed.targets import parse_host_port
+
+log = structlog.get_logger("probed")
+
+
+class Resources:
+    """The ``env`` every probe receives: long-lived, shared, built once."""
+
+    def __init__(self, secrets: SecretStore) -> None:
+        self.secrets = secrets
+        self._contexts: dict[Any, ssl.SSLContext] = {}
+
+    def ssl_context(self, key: Any, build: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = self._contexts[key] = build()
+        return ctx
+
+    async def close(self) -> None:
+        self._contexts.clear()
+
+
+def adhoc_job(cfg: Config | None, module: str, target: str) -> JobSpec:
+    """A job for one run outside the schedule (CLI ``probe``, ``/probe``, ``scan``)."""
+    modules = cfg.modules if cfg is not None else {}
+    mod = config_mod.module_for(module, modules)
+    if mod is None:
+        hint = config_mod.suggest(module, list(modules) or list(PROBES))
+        raise ValueError(f'unknown module "{module}"{hint}')
+    parse = mod.spec.parse_target
+    tgt = (
+        parse(target, mod.settings)
+        if parse is not None
+        else parse_host_port(target, getattr(mod.settings, "port", None) or mod.spec.default_port)
+    )
+    defaults = cfg.defaults if cfg is not None else config_mod.DefaultsSection()
+    return JobSpec(
+        module=mod.name,
+        target=tgt,
+        spec=mod.spec,
+        settings=mod.settings,
+        interval=defaults.interval,
+        timeout=mod.timeout or defaults.timeout,
+        labels=(),
+        group=None,
+    )
+
+
+class Daemon:
+    def __init__(self, cfg: Config, notifier: Notifier | None = None) -> None:
+        self.config = cfg
+        self.notifier = notifier or Notifier()
+        self.metrics = SelfMetrics()
+        self.exposition = Exposition(self.metrics)
+        self.env = Resources(cfg.secrets)
+        self.scheduler = Scheduler(
+            self.env,
+            self.exposition,
+            self.metrics,
+            cfg.server.max_concurrency,
+            cfg.server.per_host_concurrency,
+        )
+        self._ready = False
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- Backend for the web server -----------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def metrics_page(self) -> bytes:
+        return self.exposition.render()
+
+    async def probe_once(self, module: str, target: str, debug: bool) -> tuple[int, str]:
+        job = self.scheduler.spec((module, target))
+        if job is None:
+            if not self.config.server.allow_probe_any_target:
+                return 403, (
+                    f'no configured job has module "{module}" and target "{target}" '
+                    "(server.allow_probe_any_target is off)"
+                )
+            try:
+                job = adhoc_job(self.config, module, target)
+            except ValueError as exc:
+                return 400, str(exc)
+        outcome = await execute(job, self.env, capture_log=debug)
+        if debug:
+            return 200, report(job, outcome, with_log=True)
+        labels = job_labels(job.module, job.target.raw, job.labels)
+        families = render_outcome(labels, job.spec, outcome)
+        return 200, "".join(f.header + text for f, text in families.items())
+
+    async def reload(self) -> tuple[bool, str]:
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                loop = asyncio.get_running_loop()
+                new = await loop.run_in_executor(None, config_mod.load, self.config.path)
+            except ConfigError as exc:
+                self.metrics.reload_ok.set(0)
+                log.exception("reload failed; keeping the running configuration", error=str(exc))
+                self.notifier.ready(self._status())
+                return False, str(exc)
+            if new.server.listen != self.config.server.listen:
+                log.warning(
+                    "server.listen changed; restart probed to apply it",
+                    running=self.config.server.listen,
+                    configured=new.server.listen,
+                )
+            self.scheduler.max_concurrency = new.server.max_concurrency
+            self.scheduler.per_host_concurrency = new.server.per_host_concurrency
+            self.env.secrets = new.secrets
+            stats = self.scheduler.apply(new.jobs)
+            self.config = new
+            self._loaded()
+            log.info(
+                "configuration reloaded",
+                jobs=len(new.jobs),
+                added=stats.added,
+                removed=stats.removed,
+                changed=stats.changed,
+                unchanged=stats.unchanged,
+            )
+            self.notifier.ready(self._status())
+            return True, (
+                f"reloaded: {len(new.jobs)} jobs ({stats.added} added, "
+                f"{stats.removed} removed, {stats.changed} changed)"
+            )
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def _loaded(self) -> None:
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_time.set(time.time())
+
+    def _status(self) -> str:
+        return f"{len(self.scheduler)} jobs"
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _on_sighup(self) -> None:
+        self._spawn(self.reload(), "reload")
+
+    async def _watchdog(self, interval: float) -> None:
+        # Sent from the event loop itself: a stalled loop stops the pings and systemd
+        # restarts us.
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stats = self.scheduler.apply(self.config.jobs)
+        self._loaded()
+        runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
+        await runner.setup()
+        host, _, port = self.config.server.listen.rpartition(":")
+        site = web.TCPSite(runner, host.strip("[]") or None, int(port), reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            await self.scheduler.stop(0)
+            log.exception("cannot listen", listen=self.config.server.listen, error=str(exc))
+            return 1
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        if self.notifier.watchdog_interval:
+            self._spawn(self._watchdog(self.notifier.watchdog_interval), "watchdog")
+        self._ready = True
+        log.info(
+            "probed started",
+            listen=self.config.server.listen,
+            jobs=stats.added,
+            config=str(self.config.path),
+        )
+        self.notifier.ready(self._status())
+        await self._stop.wait()
+        self._ready = False
+        self.notifier.stopping()
+        log.info("stopping", in_flight=int(self.metrics.in_flight._value.get()))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await self.scheduler.stop(self.config.server.shutdown_grace)
+        for task in list(self._background):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await runner.cleanup()
+        await self.env.close()
+        self.notifier.close()
+        log.info("stopped")
+        return 0
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up, imported where the loop is made
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_daemon(path: Path) -> int:
+    cfg = config_mod.load(path)
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(Daemon(cfg).run())

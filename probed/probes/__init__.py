@@ -1,0 +1,8 @@
+"""PROBES: the one registry that names every protocol."""
+
+from __future__ import annotations
+
+from probed.probes import tcp
+from probed.probes.base import ProbeSpec
+
+PROBES: dict[str, ProbeSpec] = {spec.name: spec for spec in (tcp.SPEC,)}

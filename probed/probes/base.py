@@ -1,0 +1,122 @@
+"""The probe contract: what every protocol module provides and receives.
+
+A probe is ``async def probe(target, settings, rec, env) -> bool``. Expected failures are
+data (``rec.fail(Reason.X, detail)`` then ``return False``); only bugs raise.
+"""
+
+from __future__ import annotations
+
+import enum
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from probed.results import Recorder
+    from probed.secrets import SecretStore
+
+
+class Reason(enum.Enum):
+    """Why a run failed. Bounded on purpose: it becomes a label value."""
+
+    NONE = "none"
+    TIMEOUT = "timeout"
+    DNS_ERROR = "dns_error"
+    NO_ADDRESS = "no_address"
+    CONNECT_REFUSED = "connect_refused"
+    NETWORK_UNREACHABLE = "network_unreachable"
+    CONNECT_ERROR = "connect_error"
+    CONNECTION_RESET = "connection_reset"
+    CONNECTION_CLOSED = "connection_closed"
+    TOO_LARGE = "response_too_large"
+    EXPECT_MISMATCH = "expect_mismatch"
+    PROTOCOL_ERROR = "protocol_error"
+    STARTTLS_REFUSED = "starttls_refused"
+    TLS_HANDSHAKE = "tls_handshake_failed"
+    TLS_CERT_EXPIRED = "tls_cert_expired"
+    TLS_CERT_NOT_YET_VALID = "tls_cert_not_yet_valid"
+    TLS_CERT_SELF_SIGNED = "tls_cert_self_signed"
+    TLS_CERT_UNKNOWN_ISSUER = "tls_cert_unknown_issuer"
+    TLS_CERT_NAME_MISMATCH = "tls_cert_name_mismatch"
+    TLS_CERT_INVALID = "tls_cert_invalid"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One metric family: name, type and help, rendered once as its header."""
+
+    name: str
+    help: str
+    type: Literal["gauge", "counter"] = "gauge"
+    header: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        text = self.help.replace("\\", "\\\\").replace("\n", "\\n")
+        object.__setattr__(
+            self, "header", f"# HELP {self.name} {text}\n# TYPE {self.name} {self.type}\n"
+        )
+
+
+# Families every probe shares (blackbox_exporter names and meanings).
+PROBE_SUCCESS = Family(
+    "probe_success", "Whether the last run of the probe succeeded (1) or not (0)."
+)
+PROBE_DURATION = Family("probe_duration_seconds", "How long the last run of the probe took.")
+PROBE_FAILURE = Family(
+    "probe_failure_info",
+    'Why the last run failed, as a bounded reason; reason="none" after a success.',
+)
+PROBE_LAST_RUN = Family(
+    "probe_last_run_timestamp_seconds", "When the last run of this job started (Unix time)."
+)
+PROBE_DNS_LOOKUP = Family(
+    "probe_dns_lookup_time_seconds", "How long the DNS lookup of the last run took."
+)
+PROBE_IP_PROTOCOL = Family(
+    "probe_ip_protocol", "The IP protocol (4 or 6) of the address the last run used."
+)
+
+
+class Settings(BaseModel):
+    """Base of every module's settings: strict, frozen, hashable (it keys caches)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A resolved job target. ``raw`` is what the operator wrote (the ``target`` label)."""
+
+    raw: str
+    host: str
+    port: int | None
+
+
+class Env(Protocol):
+    """Long-lived shared resources injected by app.py (no module-level globals)."""
+
+    @property
+    def secrets(self) -> SecretStore: ...
+
+    def ssl_context(self, key: Any, build: Callable[[], ssl.SSLContext]) -> ssl.SSLContext: ...
+
+
+ProbeFn = Callable[[Target, Any, "Recorder", Env], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """What a protocol module registers in ``PROBES``."""
+
+    name: str
+    probe: ProbeFn
+    settings: type[Settings]
+    phase_family: Family
+    families: tuple[Family, ...] = ()
+    default_port: int | None = None
+    parse_target: Callable[[str, Any], Target] | None = None

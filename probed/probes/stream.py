@@ -1,0 +1,317 @@
+"""A lean, bounded byte stream over asyncio: resolve, connect, expect, TLS upgrade.
+
+Shared by every line- or dialogue-based probe (tcp, and later the mail and FTP probes). TLS
+runs through an ``ssl.SSLObject`` on memory BIOs that we own, so the SSL object, and with it
+the certificate chain, is still there when verification fails: expiry is reported exactly
+when operators need it. Reads are bounded: past ``limit`` buffered bytes the transport is
+paused, so a server that floods us costs at most ``limit`` bytes of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import re
+import socket
+import ssl
+from types import TracebackType
+from typing import Literal, cast
+
+from probed.probes.base import PROBE_IP_PROTOCOL, Reason
+from probed.results import Recorder
+
+Address = tuple[int, tuple[str, int]]
+"""(address family, (ip, port))."""
+
+_ERRNO_REASON = {
+    errno.ECONNREFUSED: Reason.CONNECT_REFUSED,
+    errno.ENETUNREACH: Reason.NETWORK_UNREACHABLE,
+    errno.EHOSTUNREACH: Reason.NETWORK_UNREACHABLE,
+    errno.EADDRNOTAVAIL: Reason.NETWORK_UNREACHABLE,
+    errno.EAFNOSUPPORT: Reason.NETWORK_UNREACHABLE,
+    errno.ECONNRESET: Reason.CONNECTION_RESET,
+    errno.EPIPE: Reason.CONNECTION_RESET,
+    errno.EMFILE: Reason.RESOURCE_EXHAUSTED,
+    errno.ENFILE: Reason.RESOURCE_EXHAUSTED,
+    errno.ENOBUFS: Reason.RESOURCE_EXHAUSTED,
+    errno.ENOMEM: Reason.RESOURCE_EXHAUSTED,
+}
+
+
+class StreamError(Exception):
+    """An expected network failure, carrying the reason the probe records."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason.value}: {detail}")
+
+
+def os_error(exc: OSError, doing: str) -> StreamError:
+    reason = _ERRNO_REASON.get(exc.errno or 0, Reason.CONNECT_ERROR)
+    text = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+    return StreamError(reason, f"{doing}: {text}")
+
+
+async def resolve(
+    host: str,
+    port: int,
+    rec: Recorder,
+    ip_protocol: Literal["ip4", "ip6"] = "ip6",
+    fallback: bool = True,
+) -> list[Address]:
+    """Addresses to try, preferred family first; literals skip DNS entirely."""
+    preferred = socket.AF_INET6 if ip_protocol == "ip6" else socket.AF_INET
+    try:
+        literal = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        literal = None
+    if literal is not None:
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        if family != preferred and not fallback:
+            raise StreamError(Reason.NO_ADDRESS, f"{host} is not an {ip_protocol} address")
+        return [(family, (host, port))]
+    loop = asyncio.get_running_loop()
+    with rec.phase("resolve"):
+        try:
+            infos = await loop.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+        except socket.gaierror as exc:
+            raise StreamError(Reason.DNS_ERROR, f"resolving {host}: {exc.strerror}") from None
+        except OSError as exc:
+            raise os_error(exc, f"resolving {host}") from None
+    first = [(int(f), (str(a[0]), port)) for f, _, _, _, a in infos if f == preferred]
+    other = [(int(f), (str(a[0]), port)) for f, _, _, _, a in infos if f != preferred]
+    addresses = first + other if fallback else first
+    if not addresses:
+        raise StreamError(Reason.NO_ADDRESS, f"{host} has no {ip_protocol} address")
+    return list(dict.fromkeys(addresses))
+
+
+class Stream(asyncio.Protocol):
+    """Buffered reads with patterns and limits; optional TLS on the same connection."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._buf = bytearray()
+        self._eof = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._paused = False
+        self.tls: ssl.SSLObject | None = None
+        self._tls_in: ssl.MemoryBIO | None = None
+        self._tls_out: ssl.MemoryBIO | None = None
+        self._tls_ready = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._tls_in is not None:
+            self._tls_in.write(data)
+            if self._tls_ready:
+                self._decrypt()
+        else:
+            self._buf += data
+        if len(self._buf) >= self._limit and not self._paused and self._transport:
+            self._transport.pause_reading()
+            self._paused = True
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        if self._tls_in is not None:
+            self._tls_in.write_eof()
+            if self._tls_ready:
+                self._decrypt()
+        self._eof = True
+        self._wake()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._error = exc
+        self._eof = True
+        self._wake()
+
+    # -- internals ----------------------------------------------------------------------
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        if self._paused and self._transport is not None and len(self._buf) < self._limit:
+            self._transport.resume_reading()
+            self._paused = False
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _closed_error(self, doing: str) -> StreamError:
+        if isinstance(self._error, OSError):
+            return os_error(self._error, doing)
+        return StreamError(Reason.CONNECTION_CLOSED, f"connection closed while {doing}")
+
+    def _decrypt(self) -> None:
+        assert self.tls is not None
+        while True:
+            try:
+                chunk = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self._eof = True
+                break
+            except ssl.SSLError as exc:
+                self._error = exc
+                self._eof = True
+                break
+            if not chunk:
+                self._eof = True
+                break
+            self._buf += chunk
+            if len(self._buf) >= self._limit:
+                break
+        self._flush_tls()
+
+    def _flush_tls(self) -> None:
+        if self._tls_out is not None and self._transport is not None:
+            pending = self._tls_out.read()
+            if pending:
+                self._transport.write(pending)
+
+    # -- public ---------------------------------------------------------------------------
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def write(self, data: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            raise self._closed_error("sending")
+        if self.tls is not None:
+            self.tls.write(data)
+            self._flush_tls()
+        else:
+            self._transport.write(data)
+
+    async def expect(self, pattern: re.Pattern[bytes]) -> re.Match[bytes]:
+        """Wait until ``pattern`` matches the buffered bytes, then consume through the end
+        of the matched line (or just the match, when no newline follows it yet)."""
+        while True:
+            snapshot = bytes(self._buf)
+            match = pattern.search(snapshot)
+            if match is not None:
+                end = match.end()
+                if end == 0 or snapshot[end - 1] != 0x0A:
+                    newline = snapshot.find(b"\n", end)
+                    end = newline + 1 if newline >= 0 else end
+                del self._buf[:end]
+                return match
+            if len(snapshot) >= self._limit:
+                raise StreamError(
+                    Reason.TOO_LARGE,
+                    f"{len(snapshot)} bytes read and /{pattern.pattern!r}/ did not match",
+                )
+            if self._eof:
+                if isinstance(self._error, OSError):
+                    raise os_error(self._error, "reading")
+                raise StreamError(
+                    Reason.EXPECT_MISMATCH,
+                    f"connection closed before /{pattern.pattern!r}/ matched; "
+                    f"last bytes {snapshot[-80:]!r}",
+                )
+            await self._wait()
+
+    async def read_line(self, max_length: int = 8192) -> bytes:
+        """One line including its ``\\n``; a longer line is an error, never a buffer."""
+        limit = min(max_length, self._limit)
+        while True:
+            end = self._buf.find(b"\n", 0, limit)
+            if end >= 0:
+                line = bytes(self._buf[: end + 1])
+                del self._buf[: end + 1]
+                return line
+            if len(self._buf) >= limit:
+                raise StreamError(Reason.TOO_LARGE, f"line longer than {limit} bytes")
+            if self._eof:
+                raise self._closed_error("reading a line")
+            await self._wait()
+
+    async def read_exactly(self, n: int) -> bytes:
+        if n > self._limit:
+            raise StreamError(Reason.TOO_LARGE, f"{n} bytes announced, limit {self._limit}")
+        while len(self._buf) < n:
+            if self._eof:
+                raise self._closed_error(f"reading {n} bytes")
+            await self._wait()
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    async def start_tls(self, context: ssl.SSLContext, server_name: str | None) -> None:
+        """Handshake on this connection; ``self.tls`` stays set even if it fails."""
+        self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        # The client speaks first in TLS: plaintext still buffered is the tail of the
+        # STARTTLS reply (or a server talking out of turn), never handshake bytes.
+        self._buf.clear()
+        if self._eof:
+            self._tls_in.write_eof()
+        self.tls = context.wrap_bio(self._tls_in, self._tls_out, server_hostname=server_name)
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush_tls()
+                if self._eof and self._tls_in.pending == 0:
+                    raise self._closed_error("in the TLS handshake") from None
+                await self._wait()
+        self._tls_ready = True
+        self._flush_tls()
+        self._decrypt()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+async def connect(address: Address, rec: Recorder, limit: int = 65536) -> Stream:
+    """Open a TCP connection (phase ``connect``) and return its Stream."""
+    family, sockaddr = address
+    loop = asyncio.get_running_loop()
+    rec.set(PROBE_IP_PROTOCOL, 6.0 if family == socket.AF_INET6 else 4.0)
+    with rec.phase("connect"):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise os_error(exc, "creating a socket") from None
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, sockaddr)
+            _, stream = await loop.create_connection(lambda: Stream(limit), sock=sock)
+        except OSError as exc:
+            sock.close()
+            raise os_error(exc, f"connecting to {sockaddr[0]} port {sockaddr[1]}") from None
+        except BaseException:
+            sock.close()
+            raise
+    rec.debug("connected", address=sockaddr[0], port=sockaddr[1])
+    return stream

@@ -1,0 +1,281 @@
+"""Owns every run: fixed per-job phases, caps, deadlines, skips and lag.
+
+Jobs wait on the event loop's timer heap (one TimerHandle each, no task per job); a task
+exists only while a run is in flight, so 100,000 jobs cost timers, not coroutines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from probed.config import JobSpec
+from probed.exposition import Exposition, JobKey, SelfMetrics, job_labels
+from probed.probes.base import Env, Reason
+from probed.results import Outcome
+from probed.runner import execute
+
+log = structlog.get_logger("probed.scheduler")
+
+
+def schedule_phase(key: JobKey, interval: float) -> float:
+    """A stable offset in [0, interval) from the job's identity: even spread, and the same
+    rhythm after a restart."""
+    digest = hashlib.blake2b("\0".join(key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64 * interval
+
+
+class JobState:
+    __slots__ = (
+        "due",
+        "handle",
+        "labels",
+        "outcome",
+        "pending_due",
+        "removed",
+        "running",
+        "spec",
+        "waiting",
+    )
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.labels = job_labels(spec.module, spec.target.raw, spec.labels)
+        self.due = 0.0
+        self.pending_due = 0.0  # the scheduled start of the run now waiting for a slot
+        self.handle: asyncio.TimerHandle | None = None
+        self.running = False
+        self.waiting = False
+        self.removed = False
+        self.outcome: Outcome | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyStats:
+    added: int
+    removed: int
+    changed: int
+    unchanged: int
+
+
+class Scheduler:
+    def __init__(
+        self,
+        env: Env,
+        exposition: Exposition,
+        metrics: SelfMetrics,
+        max_concurrency: int,
+        per_host_concurrency: int,
+    ) -> None:
+        self._env = env
+        self._exposition = exposition
+        self._metrics = metrics
+        self.max_concurrency = max_concurrency
+        self.per_host_concurrency = per_host_concurrency
+        self._jobs: dict[JobKey, JobState] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ready: deque[JobState] = deque()
+        self._host_wait: dict[str, deque[JobState]] = {}
+        self._host_running: dict[str, int] = {}
+        self._running = 0
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wall_offset = 0.0
+
+    # -- configuration ------------------------------------------------------------------
+    def apply(self, specs: Iterable[JobSpec]) -> ApplyStats:
+        """Swap in a new job set: unchanged jobs keep schedule and result."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._wall_offset = time.time() - loop.time()
+        new = {spec.key: spec for spec in specs}
+        added = changed = unchanged = removed = 0
+        for key, state in list(self._jobs.items()):
+            spec = new.get(key)
+            if spec is not None and spec == state.spec:
+                unchanged += 1
+                continue
+            self._retire(state)
+            if spec is None:
+                removed += 1
+            else:
+                changed += 1
+        for key, spec in new.items():
+            if key not in self._jobs:
+                added += 1
+                self._add(spec)
+        self._metrics.jobs.clear()
+        for module, count in _count_modules(new.values()).items():
+            self._metrics.jobs.labels(module).set(count)
+        return ApplyStats(added - changed, removed, changed, unchanged)
+
+    def _add(self, spec: JobSpec) -> None:
+        assert self._loop is not None
+        state = JobState(spec)
+        self._jobs[spec.key] = state
+        if self._stopping:
+            return
+        phase = schedule_phase(spec.key, spec.interval)
+        wall_now = self._loop.time() + self._wall_offset
+        # Next wall-clock instant t with (t - phase) % interval == 0.
+        wall_due = wall_now + ((phase - wall_now) % spec.interval)
+        state.due = wall_due - self._wall_offset
+        state.handle = self._loop.call_at(state.due, self._on_due, state)
+
+    def _retire(self, state: JobState) -> None:
+        state.removed = True
+        if state.handle is not None:
+            state.handle.cancel()
+            state.handle = None
+        if state.waiting:
+            state.waiting = False
+            self._metrics.waiting.dec()
+            try:
+                self._ready.remove(state)
+            except ValueError:
+                self._host_wait.get(state.spec.host, deque()).remove(state)
+        del self._jobs[state.spec.key]
+        self._exposition.remove(state.spec.key)
+
+    def outcome(self, key: JobKey) -> Outcome | None:
+        state = self._jobs.get(key)
+        return state.outcome if state is not None else None
+
+    def spec(self, key: JobKey) -> JobSpec | None:
+        state = self._jobs.get(key)
+        return state.spec if state is not None else None
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    # -- the timer path -------------------------------------------------------------------
+    def _on_due(self, state: JobState) -> None:
+        loop = self._loop
+        assert loop is not None
+        interval = state.spec.interval
+        now = loop.time()
+        due = state.due
+        state.due += interval
+        if state.due <= now:
+            # The loop stalled for more than an interval: realign to the job's phase.
+            state.due += ((now - state.due) // interval + 1) * interval
+        state.handle = loop.call_at(state.due, self._on_due, state)
+        if state.running or state.waiting:
+            self._metrics.child(self._metrics.skipped, state.spec.module).inc()
+            return
+        state.pending_due = due
+        self._offer(state, due)
+
+    def _offer(self, state: JobState, due: float) -> None:
+        host = state.spec.host
+        if self._host_running.get(host, 0) >= self.per_host_concurrency:
+            self._wait(state, self._host_wait.setdefault(host, deque()))
+        elif self._running >= self.max_concurrency:
+            self._wait(state, self._ready)
+        else:
+            self._start(state, due)
+
+    def _wait(self, state: JobState, queue: deque[JobState]) -> None:
+        state.waiting = True
+        self._metrics.waiting.inc()
+        queue.append(state)
+
+    def _start(self, state: JobState, due: float) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._metrics.lag.observe(max(0.0, loop.time() - due))
+        state.running = True
+        self._running += 1
+        host = state.spec.host
+        self._host_running[host] = self._host_running.get(host, 0) + 1
+        self._metrics.in_flight.inc()
+        spec = state.spec
+        task = loop.create_task(self._run(state), name=f"probe {spec.module} {spec.target.raw}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, state: JobState) -> None:
+        spec = state.spec
+        try:
+            outcome = await execute(spec, self._env)
+        finally:
+            self._finished(state)
+        metrics = self._metrics
+        metrics.child(metrics.runs, spec.module).inc()
+        if not outcome.success:
+            metrics.child(metrics.failed, spec.module).inc()
+            if outcome.reason is Reason.INTERNAL_ERROR:
+                metrics.child(metrics.errors, spec.module).inc()
+            log.info(
+                "probe failed",
+                module=spec.module,
+                target=spec.target.raw,
+                reason=outcome.reason.value,
+                detail=outcome.detail,
+                duration=round(outcome.duration, 6),
+            )
+        else:
+            log.debug(
+                "probe ok",
+                module=spec.module,
+                target=spec.target.raw,
+                duration=round(outcome.duration, 6),
+            )
+        if not state.removed:
+            state.outcome = outcome
+            self._exposition.publish(spec.key, state.labels, spec.spec, outcome)
+
+    def _finished(self, state: JobState) -> None:
+        state.running = False
+        self._running -= 1
+        self._metrics.in_flight.dec()
+        host = state.spec.host
+        left = self._host_running[host] - 1
+        if left:
+            self._host_running[host] = left
+        else:
+            del self._host_running[host]
+        if self._stopping:
+            return
+        host_queue = self._host_wait.get(host)
+        if host_queue:
+            self._release(host_queue.popleft())
+            if not host_queue:
+                del self._host_wait[host]
+        while self._ready and self._running < self.max_concurrency:
+            self._release(self._ready.popleft())
+
+    def _release(self, state: JobState) -> None:
+        state.waiting = False
+        self._metrics.waiting.dec()
+        self._offer(state, state.pending_due)
+
+    # -- shutdown ---------------------------------------------------------------------------
+    async def stop(self, grace: float) -> None:
+        """Stop scheduling; let runs in flight finish until ``grace``, cancel the rest."""
+        self._stopping = True
+        for state in self._jobs.values():
+            if state.handle is not None:
+                state.handle.cancel()
+                state.handle = None
+        self._ready.clear()
+        self._host_wait.clear()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+                log.info("cancelled runs at shutdown", count=len(pending))
+
+
+def _count_modules(specs: Iterable[JobSpec]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for spec in specs:
+        counts[spec.module] = counts.get(spec.module, 0) + 1
+    return counts

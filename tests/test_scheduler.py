@@ -1,0 +1,126 @@
+"""Scheduler behaviour: phases, caps, skips, deadlines, reload semantics."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from probed import config as config_mod
+from probed.app import Resources
+from probed.exposition import Exposition, SelfMetrics
+from probed.scheduler import Scheduler, schedule_phase
+from tests.helpers import serve
+
+
+def test_phase_is_stable_and_spread() -> None:
+    keys = [("tcp", f"10.0.{i // 256}.{i % 256}:22") for i in range(2000)]
+    phases = [schedule_phase(k, 60.0) for k in keys]
+    assert phases == [schedule_phase(k, 60.0) for k in keys], "same identity, same phase"
+    assert all(0 <= p < 60 for p in phases)
+    # Even spread: every 6 s slice of the minute holds roughly a tenth of the jobs.
+    counts = [sum(1 for p in phases if s * 6 <= p < (s + 1) * 6) for s in range(10)]
+    assert min(counts) > 140, counts
+    assert max(counts) < 260, counts
+
+
+class Concurrency:
+    """A loopback peer that holds each connection and records the peak in flight."""
+
+    def __init__(self, hold: float) -> None:
+        self.hold = hold
+        self.now = 0
+        self.peak = 0
+        self.total = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.now += 1
+        self.total += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            writer.write(b"hi\r\n")
+            # Held until the client hangs up (its deadline) or ``hold`` passes.
+            await asyncio.wait_for(reader.read(1), self.hold)
+        except TimeoutError:
+            pass
+        finally:
+            self.now -= 1
+
+
+def _config(tmp_path: Path, targets: list[str], **server: object) -> config_mod.Config:
+    raw = {
+        "server": server,
+        "defaults": {"interval": "400ms", "timeout": "350ms"},
+        "modules": {"hold": {"probe": "tcp", "query": [{"expect": "^hi"}, {"expect": "^never"}]}},
+        "probes": [{"module": "hold", "target": t} for t in targets],
+    }
+    return config_mod.build(raw, tmp_path / "probes.toml")
+
+
+def _scheduler(cfg: config_mod.Config) -> tuple[Scheduler, Exposition, SelfMetrics]:
+    metrics = SelfMetrics()
+    exposition = Exposition(metrics)
+    sched = Scheduler(
+        Resources(cfg.secrets),
+        exposition,
+        metrics,
+        cfg.server.max_concurrency,
+        cfg.server.per_host_concurrency,
+    )
+    return sched, exposition, metrics
+
+
+def _counter(metrics: SelfMetrics, name: str) -> float:
+    value = metrics.registry.get_sample_value(name, {"module": "hold"})
+    return value or 0.0
+
+
+async def test_per_host_cap_and_skips(tmp_path: Path) -> None:
+    peer = Concurrency(hold=1.0)  # longer than the 350 ms deadline: every run times out
+    async with serve(peer) as port1, serve(peer) as port2:
+        # Two jobs on one host, cap 1 per host: they cannot both run every 400 ms.
+        targets = [f"127.0.0.1:{port1}", f"127.0.0.1:{port2}"]
+        cfg = _config(tmp_path, targets, per_host_concurrency=1)
+        sched, exposition, metrics = _scheduler(cfg)
+        sched.apply(cfg.jobs)
+        await asyncio.sleep(2.0)
+        await sched.stop(grace=1.0)
+    assert peer.total > 0
+    assert peer.peak == 1
+    assert _counter(metrics, "probed_runs_total") > 0
+    assert _counter(metrics, "probed_runs_skipped_total") > 0
+    assert 'reason="timeout"' in exposition.render_jobs()
+
+
+async def test_global_cap_and_skips_when_runs_wait(tmp_path: Path) -> None:
+    peer = Concurrency(hold=1.0)
+    async with serve(peer) as port:
+        # Two jobs on two host names of one listener, but only one run at a time.
+        targets = [f"127.0.0.1:{port}", f"localhost:{port}"]
+        cfg = _config(tmp_path, targets, max_concurrency=1)
+        sched, _, metrics = _scheduler(cfg)
+        sched.apply(cfg.jobs)
+        await asyncio.sleep(2.0)
+        await sched.stop(grace=1.0)
+    assert peer.peak == 1
+    # Two 350 ms runs cannot share one slot every 400 ms: some runs must be skipped.
+    assert _counter(metrics, "probed_runs_skipped_total") > 0
+
+
+async def test_reload_keeps_unchanged_drops_removed_adds_new(tmp_path: Path) -> None:
+    peer = Concurrency(hold=0.0)
+    async with serve(peer) as port:
+        a, b, c = (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}")
+        cfg = _config(tmp_path, [a, b])
+        sched, exposition, _ = _scheduler(cfg)
+        sched.apply(cfg.jobs)
+        await asyncio.sleep(1.0)
+        kept = sched.outcome(("hold", a))
+        assert kept is not None
+        stats = sched.apply(_config(tmp_path, [a, c]).jobs)
+        assert (stats.added, stats.removed, stats.unchanged) == (1, 1, 0 + 1)
+        assert sched.outcome(("hold", a)) is not None
+        assert ("hold", b) not in exposition
+        assert f'target="{b}"' not in exposition.render_jobs()
+        await asyncio.sleep(1.0)
+        assert ("hold", c) in exposition
+        await sched.stop(grace=1.0)
