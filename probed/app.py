@@ -25,6 +25,7 @@ from probed.secrets import SecretStore
 from probed.server import make_app
 from probed.systemd import Notifier
 from probed.targets import parse_host_port
+from probed.watch import watch
 
 log = structlog.get_logger("probed")
 
@@ -171,6 +172,10 @@ class Daemon:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def _files_changed(self) -> None:
+        log.info("target files changed; reloading")
+        await self.reload()
+
     def _on_sighup(self) -> None:
         self._spawn(self.reload(), "reload")
 
@@ -199,6 +204,14 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self._spawn(
+            watch(
+                lambda: self.config.watched_files,
+                self._files_changed,
+                lambda: self.config.server.watch_interval,
+            ),
+            "watch target files",
+        )
         if self.notifier.watchdog_interval:
             self._spawn(self._watchdog(self.notifier.watchdog_interval), "watchdog")
         self._ready = True

@@ -71,6 +71,7 @@ class ServerSection(_Section):
     per_host_concurrency: int = Field(default=8, ge=1, le=100_000)
     allow_probe_any_target: bool = False
     shutdown_grace: Duration = 5.0
+    watch_interval: Duration = 10.0
 
     @field_validator("listen")
     @classmethod
@@ -157,6 +158,7 @@ class Config:
     modules: dict[str, Module]
     jobs: tuple[JobSpec, ...]
     watched_files: tuple[Path, ...]
+    """Host files and file_sd paths (globs kept as patterns) that trigger a reload."""
     secrets: SecretStore
 
     def summary(self) -> str:
@@ -370,10 +372,9 @@ class _JobBuilder:
             except TargetFileError as exc:
                 self.problems += [f"{where}.hosts_file: {p}" for p in exc.problems]
         for j, pattern in enumerate(group.file_sd):
+            self.watched.append(self.base / pattern)
             try:
-                paths = expand_file_sd(self.base, pattern)
-                for path in paths:
-                    self.watched.append(path)
+                for path in expand_file_sd(self.base, pattern):
                     for host, labels, at in read_file_sd(path):
                         hosts.append((host, labels, f"{where}.file_sd[{j}] ({at})"))
             except TargetFileError as exc:

@@ -36,6 +36,7 @@ def _write_config(path: Path, listen: int, targets: dict[str, str]) -> None:
     )
     path.write_text(
         f'[server]\nlisten = "127.0.0.1:{listen}"\nshutdown_grace = "1s"\n'
+        'watch_interval = "200ms"\n'
         '[defaults]\ninterval = "1s"\ntimeout = "500ms"\n'
         '[modules.banner]\nprobe = "tcp"\nquery = [ { expect = "^SSH-2\\\\.0-" } ]\n' + probes
     )
@@ -224,3 +225,42 @@ async def test_probe_cli_nagios_codes(tmp_path: Path) -> None:
     code, out = await run("nosuch", "127.0.0.1:1")
     assert code == 3
     assert "UNKNOWN" in out
+
+
+async def test_file_sd_change_reloads_without_a_signal(tmp_path: Path) -> None:
+    async with serve(banner(b"SSH-2.0-x\r\n")) as port_a, serve(banner(b"SSH-2.0-y\r\n")) as port_b:
+        sd = tmp_path / "targets.json"
+        sd.write_text(json.dumps([{"targets": [f"127.0.0.1:{port_a}"], "labels": {"dc": "a"}}]))
+        listen = free_port()
+        cfg = tmp_path / "probes.toml"
+        cfg.write_text(
+            f'[server]\nlisten = "127.0.0.1:{listen}"\nwatch_interval = "200ms"\n'
+            '[defaults]\ninterval = "1s"\ntimeout = "500ms"\n'
+            '[modules.banner]\nprobe = "tcp"\nquery = [ { expect = "^SSH-" } ]\n'
+            '[[groups]]\nname = "sd"\nmodules = ["banner"]\nfile_sd = ["*.json"]\n'
+        )
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "probed", "--log-format", "json", "run", "-c", str(cfg)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{listen}"
+        try:
+            async with aiohttp.ClientSession() as session:
+                await _metrics_when(session, base, rf'^probe_success{{.*:{port_a}",dc="a"}} 1')
+                sd.write_text(
+                    json.dumps([{"targets": [f"127.0.0.1:{port_b}"], "labels": {"dc": "b"}}])
+                )
+                text = await _metrics_when(
+                    session, base, rf'^probe_success{{.*:{port_b}",dc="b"}} 1'
+                )
+                assert f":{port_a}" not in text
+                # A broken file keeps the running jobs and reports the failed reload.
+                sd.write_text("[{")
+                text = await _metrics_when(
+                    session, base, r"^probed_config_last_reload_successful 0"
+                )
+                assert re.search(rf'^probe_success{{.*:{port_b}",dc="b"}} 1', text, re.M)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 10) == 0
