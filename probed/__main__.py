@@ -36,6 +36,26 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("target", help="host:port (or what the module expects)")
     probe.add_argument("-c", "--config", type=Path, default=None)
     probe.add_argument("--debug", action="store_true", help="print the run's own log")
+
+    scan = sub.add_parser(
+        "scan",
+        help="run one check per target now and report (exit 1 if anything is vulnerable)",
+    )
+    scan.add_argument("module", help="a module of the config, or a probe name (heartbleed)")
+    scan.add_argument("hosts", nargs="*", help="targets (host, host:port)")
+    scan.add_argument("--hosts-file", action="append", type=Path, default=[])
+    scan.add_argument("--file-sd", action="append", type=Path, default=[])
+    scan.add_argument("-c", "--config", type=Path, default=None)
+    scan.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a module setting, e.g. --set starttls=smtp --set port=25",
+    )
+    scan.add_argument("--concurrency", type=int, default=256)
+    scan.add_argument("--timeout", default=None, help='per-target deadline, e.g. "10s"')
+    scan.add_argument("--format", choices=("table", "csv", "json"), default="table")
     return parser
 
 
@@ -50,14 +70,14 @@ def _check_config(path: Path) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from probed.app import Resources, adhoc_job, new_event_loop  # noqa: PLC0415
+    from probed.app import Resources, new_event_loop  # noqa: PLC0415
     from probed.report import UNKNOWN, nagios_state, report  # noqa: PLC0415
     from probed.runner import execute  # noqa: PLC0415
     from probed.secrets import SecretStore  # noqa: PLC0415
 
     try:
         cfg = config_mod.load(args.config) if args.config is not None else None
-        job = adhoc_job(cfg, args.module, args.target)
+        job = config_mod.adhoc_job(cfg, args.module, args.target)
     except (ConfigError, ValueError) as exc:
         print(f"UNKNOWN - {exc}", file=sys.stderr)
         return UNKNOWN
@@ -68,14 +88,58 @@ def _probe(args: argparse.Namespace) -> int:
     return nagios_state(outcome)
 
 
+def _scan(args: argparse.Namespace) -> int:
+    from probed.app import Resources, new_event_loop  # noqa: PLC0415
+    from probed.durations import parse_duration  # noqa: PLC0415
+    from probed.scan import (  # noqa: PLC0415
+        EXIT_USAGE,
+        ScanRequest,
+        TargetFileError,
+        build_jobs,
+        collect_targets,
+        parse_overrides,
+        run_scan,
+    )
+    from probed.secrets import SecretStore  # noqa: PLC0415
+
+    def request_from(args: argparse.Namespace) -> ScanRequest:
+        targets = collect_targets(args.hosts, args.hosts_file, args.file_sd)
+        if not targets:
+            raise ValueError("no targets: give hosts, --hosts-file or --file-sd")
+        if args.concurrency < 1:
+            raise ValueError("--concurrency must be at least 1")
+        return ScanRequest(
+            module=args.module,
+            targets=targets,
+            overrides=parse_overrides(args.set),
+            concurrency=args.concurrency,
+            timeout=parse_duration(args.timeout) if args.timeout else None,
+            fmt=args.format,
+        )
+
+    try:
+        cfg = config_mod.load(args.config) if args.config is not None else None
+        request = request_from(args)
+        jobs = build_jobs(cfg, request)
+    except (ConfigError, TargetFileError, ValueError) as exc:
+        print(f"probed scan: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    env = Resources(cfg.secrets if cfg is not None else SecretStore(Path.cwd()))
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(run_scan(jobs, env, request))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # The probe command's own log goes into its report; only the daemon logs to stdout.
-    log.configure("warning" if args.command == "probe" else args.log_level, args.log_format)
+    quiet = args.command in {"probe", "scan"}
+    log.configure("warning" if quiet else args.log_level, args.log_format)
     if args.command == "check-config":
         return _check_config(args.config)
     if args.command == "probe":
         return _probe(args)
+    if args.command == "scan":
+        return _scan(args)
     from probed.app import run_daemon  # noqa: PLC0415
 
     try:

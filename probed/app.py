@@ -15,16 +15,14 @@ import structlog
 from aiohttp import web
 
 from probed import config as config_mod
-from probed.config import Config, ConfigError, JobSpec
+from probed.config import Config, ConfigError, adhoc_job
 from probed.exposition import Exposition, SelfMetrics, job_labels, render_outcome
-from probed.probes import PROBES
 from probed.report import report
 from probed.runner import execute
 from probed.scheduler import Scheduler
 from probed.secrets import SecretStore
 from probed.server import make_app
 from probed.systemd import Notifier
-from probed.targets import parse_host_port
 from probed.watch import watch
 
 log = structlog.get_logger("probed")
@@ -45,32 +43,6 @@ class Resources:
 
     async def close(self) -> None:
         self._contexts.clear()
-
-
-def adhoc_job(cfg: Config | None, module: str, target: str) -> JobSpec:
-    """A job for one run outside the schedule (CLI ``probe``, ``/probe``, ``scan``)."""
-    modules = cfg.modules if cfg is not None else {}
-    mod = config_mod.module_for(module, modules)
-    if mod is None:
-        hint = config_mod.suggest(module, list(modules) or list(PROBES))
-        raise ValueError(f'unknown module "{module}"{hint}')
-    parse = mod.spec.parse_target
-    tgt = (
-        parse(target, mod.settings)
-        if parse is not None
-        else parse_host_port(target, getattr(mod.settings, "port", None) or mod.spec.default_port)
-    )
-    defaults = cfg.defaults if cfg is not None else config_mod.DefaultsSection()
-    return JobSpec(
-        module=mod.name,
-        target=tgt,
-        spec=mod.spec,
-        settings=mod.settings,
-        interval=defaults.interval,
-        timeout=mod.timeout or defaults.timeout,
-        labels=(),
-        group=None,
-    )
 
 
 class Daemon:

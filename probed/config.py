@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from probed.durations import Duration, format_duration, parse_duration
 from probed.probes import PROBES
 from probed.probes.base import ProbeSpec, Settings, Target
 from probed.secrets import SecretStore
@@ -23,30 +24,8 @@ from probed.targets import (
     read_hosts_file,
 )
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_DURATION_WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 RESERVED_LABELS = frozenset({"module", "target", "job", "instance", "le", "quantile"})
-
-
-def parse_duration(value: object) -> float:
-    """``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"1m30s"`` -> seconds."""
-    if not isinstance(value, str) or not _DURATION_WHOLE.fullmatch(value.strip()):
-        raise ValueError(f'expected a duration such as "500ms", "30s" or "5m", got {value!r}')
-    seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(value))
-    if seconds <= 0:
-        raise ValueError(f"duration must be greater than zero, got {value!r}")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    return f"{seconds:g}s"
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 def _check_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -315,6 +294,52 @@ def _build_modules(doc: Document, problems: list[str]) -> dict[str, Module]:
     return modules
 
 
+def parse_target(module: Module, raw: str) -> Target:
+    """The module's own target syntax, or ``host[:port]`` with the module's port."""
+    if module.spec.parse_target is not None:
+        return module.spec.parse_target(raw, module.settings)
+    port = getattr(module.settings, "port", None) or module.spec.default_port
+    return parse_host_port(raw, port)
+
+
+def adhoc_job(
+    cfg: Config | None,
+    module: str,
+    target: str,
+    *,
+    overrides: dict[str, Any] | None = None,
+    timeout: float | None = None,
+) -> JobSpec:
+    """A job for one run outside the schedule (CLI ``probe`` and ``scan``, ``/probe``).
+
+    ``module`` is a configured module or a probe name (its defaults); ``overrides`` replace
+    settings. Raises ValueError with the problem.
+    """
+    modules = cfg.modules if cfg is not None else {}
+    mod = module_for(module, modules)
+    if mod is None:
+        hint = suggest(module, list(modules) or list(PROBES))
+        raise ValueError(f'unknown module "{module}"{hint}')
+    if overrides:
+        merged = {**mod.settings.model_dump(exclude_unset=True), **overrides}
+        try:
+            settings = mod.spec.settings.model_validate(merged)
+        except ValidationError as exc:
+            raise ValueError("; ".join(pydantic_problems(exc, mod.spec.settings))) from None
+        mod = Module(mod.name, mod.spec, settings, mod.timeout)
+    defaults = cfg.defaults if cfg is not None else DefaultsSection()
+    return JobSpec(
+        module=mod.name,
+        target=parse_target(mod, target),
+        spec=mod.spec,
+        settings=mod.settings,
+        interval=defaults.interval,
+        timeout=timeout or mod.timeout or defaults.timeout,
+        labels=(),
+        group=None,
+    )
+
+
 def module_for(name: str, modules: dict[str, Module]) -> Module | None:
     """A configured module, or a protocol's defaults when no module has that name."""
     if name in modules:
@@ -402,14 +427,7 @@ class _JobBuilder:
         where: str,
     ) -> None:
         try:
-            parse = module.spec.parse_target
-            target = (
-                parse(raw, module.settings)
-                if parse is not None
-                else parse_host_port(
-                    raw, getattr(module.settings, "port", None) or module.spec.default_port
-                )
-            )
+            target = parse_target(module, raw)
         except ValueError as exc:
             self.problems.append(f"{where}: {exc}")
             return

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from probed.config import format_duration
+from probed.durations import format_duration
 from probed.probes.base import Env, Reason
 from probed.results import Outcome, Recorder
 

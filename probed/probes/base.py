@@ -32,6 +32,7 @@ class Reason(enum.Enum):
     CONNECTION_RESET = "connection_reset"
     CONNECTION_CLOSED = "connection_closed"
     TOO_LARGE = "response_too_large"
+    NOT_TLS = "not_tls"
     EXPECT_MISMATCH = "expect_mismatch"
     PROTOCOL_ERROR = "protocol_error"
     STARTTLS_REFUSED = "starttls_refused"
@@ -42,6 +43,7 @@ class Reason(enum.Enum):
     TLS_CERT_UNKNOWN_ISSUER = "tls_cert_unknown_issuer"
     TLS_CERT_NAME_MISMATCH = "tls_cert_name_mismatch"
     TLS_CERT_INVALID = "tls_cert_invalid"
+    HEARTBLEED_VULNERABLE = "heartbleed_vulnerable"
     RESOURCE_EXHAUSTED = "resource_exhausted"
     INTERNAL_ERROR = "internal_error"
 

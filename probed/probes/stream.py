@@ -255,6 +255,18 @@ class Stream(asyncio.Protocol):
         del self._buf[:n]
         return data
 
+    async def read_some(self, max_bytes: int = 65536) -> bytes:
+        """Whatever is buffered (waiting for at least one byte); ``b""`` at a clean EOF."""
+        while not self._buf:
+            if self._eof:
+                if isinstance(self._error, OSError):
+                    raise os_error(self._error, "reading")
+                return b""
+            await self._wait()
+        data = bytes(self._buf[:max_bytes])
+        del self._buf[:max_bytes]
+        return data
+
     async def start_tls(self, context: ssl.SSLContext, server_name: str | None) -> None:
         """Handshake on this connection; ``self.tls`` stays set even if it fails."""
         self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()

@@ -1,0 +1,103 @@
+"""Sans-IO TLS wire code: bytes in, objects out. No sockets, no asyncio.
+
+The Heartbleed probe drives ``HeartbleedExchange``; the other names are the building blocks
+(records, handshake messages, heartbeat messages, alerts), public for the tests and the test
+peer.
+"""
+
+from .alerts import ALERT_NAMES, Alert, AlertDescription, AlertLevel, alert_name, encode_alert
+from .exchange import (
+    MAX_SERVER_HELLO_LENGTH,
+    Event,
+    HandshakeError,
+    HandshakeFailure,
+    HeartbleedExchange,
+    NeedMoreData,
+    OtherReason,
+    Outcome,
+    Phase,
+    ReadyForHeartbeat,
+    Verdict,
+)
+from .handshake import (
+    CIPHER_SUITES,
+    CLIENT_VERSIONS,
+    EXT_HEARTBEAT,
+    ClientHello,
+    HandshakeMessage,
+    HandshakeReassembler,
+    HandshakeType,
+    ServerHello,
+    build_client_hello,
+    encode_handshake,
+    parse_client_hello,
+    parse_server_hello,
+)
+from .heartbeat import (
+    DEFAULT_PAYLOAD_LENGTH,
+    MAX_PAYLOAD_LENGTH,
+    EchoMatcher,
+    EchoState,
+    build_heartbeat_request,
+    build_sentinel,
+)
+from .records import (
+    DEFAULT_MAX_BYTES,
+    MAX_RECORD_LENGTH,
+    ContentType,
+    FaultKind,
+    RecordFault,
+    RecordHeader,
+    RecordPiece,
+    RecordReader,
+    encode_record,
+    version_name,
+)
+
+__all__ = [
+    "ALERT_NAMES",
+    "CIPHER_SUITES",
+    "CLIENT_VERSIONS",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_PAYLOAD_LENGTH",
+    "EXT_HEARTBEAT",
+    "MAX_PAYLOAD_LENGTH",
+    "MAX_RECORD_LENGTH",
+    "MAX_SERVER_HELLO_LENGTH",
+    "Alert",
+    "AlertDescription",
+    "AlertLevel",
+    "ClientHello",
+    "ContentType",
+    "EchoMatcher",
+    "EchoState",
+    "Event",
+    "FaultKind",
+    "HandshakeError",
+    "HandshakeFailure",
+    "HandshakeMessage",
+    "HandshakeReassembler",
+    "HandshakeType",
+    "HeartbleedExchange",
+    "NeedMoreData",
+    "OtherReason",
+    "Outcome",
+    "Phase",
+    "ReadyForHeartbeat",
+    "RecordFault",
+    "RecordHeader",
+    "RecordPiece",
+    "RecordReader",
+    "ServerHello",
+    "Verdict",
+    "alert_name",
+    "build_client_hello",
+    "build_heartbeat_request",
+    "build_sentinel",
+    "encode_alert",
+    "encode_handshake",
+    "encode_record",
+    "parse_client_hello",
+    "parse_server_hello",
+    "version_name",
+]
