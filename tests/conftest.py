@@ -14,6 +14,10 @@ import uvloop
 from probed.app import Resources
 from probed.secrets import SecretStore
 
+# The real-server fixtures (nginx, sshd, MariaDB, Exim, Dovecot, vsftpd, gnutls-serv,
+# Prometheus) for every test module.
+from tests.servers.fixtures import *  # noqa: F403
+
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
