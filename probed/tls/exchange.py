@@ -31,7 +31,13 @@ from .handshake import (
     build_client_hello,
     parse_server_hello,
 )
-from .heartbeat import EchoMatcher, EchoState, build_heartbeat_request, build_sentinel
+from .heartbeat import (
+    MAX_PAYLOAD_LENGTH,
+    EchoMatcher,
+    EchoState,
+    build_heartbeat_request,
+    build_sentinel,
+)
 from .records import (
     DEFAULT_MAX_BYTES,
     ContentType,
@@ -180,7 +186,8 @@ class HeartbleedExchange:
         client_random: bytes | None = None,
     ) -> None:
         self._client_hello = build_client_hello(version, server_name, random=client_random)
-        build_heartbeat_request(version, payload)  # validates the payload size up front
+        if not 0 < len(payload) <= MAX_PAYLOAD_LENGTH:
+            raise ValueError(f"heartbeat payload must be 1..{MAX_PAYLOAD_LENGTH} bytes")
         self._version = version
         self._payload = payload
         self._max_bytes = max_bytes
@@ -254,9 +261,11 @@ class HeartbleedExchange:
 
         Both use the negotiated version: 1.0.1f answers a heartbeat in any other record version
         with a fatal alert, which would look like a patched server.
-        Raises ``RuntimeError`` before ServerHelloDone (a driver bug, not a server problem).
+        Raises ``RuntimeError`` unless ServerHelloDone was read (a driver bug, not a server
+        problem).
         """
-        if self._server_hello is None or self._phase is Phase.HANDSHAKE:
+        handshake_read = self._phase is Phase.RESPONSE or isinstance(self._result, Verdict)
+        if self._server_hello is None or not handshake_read:
             raise RuntimeError("heartbeat_request() before the server handshake was read")
         version = self._server_hello.version
         self._heartbeat_sent = True
@@ -322,7 +331,9 @@ class HeartbleedExchange:
         self._finish(Verdict(Outcome.OTHER, other))
 
     def _take_alert(self, piece: RecordPiece) -> Alert | None:
-        # Alerts are two bytes, almost always in one record; keep at most those two.
+        # Alerts are two bytes; keep at most those two. Only the first alert of a piece is read:
+        # real stacks send one alert per record, and an alert ends the exchange anyway (a
+        # warning during the handshake is the only one skipped).
         need = 2 - len(self._alert_bytes)
         self._alert_bytes += piece.data[:need]
         if len(self._alert_bytes) < 2:

@@ -68,7 +68,8 @@ async def _imap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     assert (await reader.readline()).startswith(b"* OK")
     writer.write(b"x7 STARTTLS\r\n")
     reply = await _lines_until(reader, lambda line: line.startswith(b"x7 "))
-    assert reply.endswith(b"\r\n") and b"x7 OK" in reply
+    assert reply.endswith(b"\r\n")
+    assert b"x7 OK" in reply
 
 
 async def _ftp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -80,7 +81,8 @@ async def _ftp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 async def _mysql(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     header = await reader.readexactly(4)
     greeting = await reader.readexactly(int.from_bytes(header[:3], "little"))
-    assert header[3] == 0 and greeting[0] == 10
+    assert header[3] == 0
+    assert greeting[0] == 10
     after_version = greeting.index(b"\x00", 1) + 1
     capabilities = int.from_bytes(greeting[after_version + 13 : after_version + 15], "little")
     assert capabilities & 0x0800  # CLIENT_SSL

@@ -60,9 +60,7 @@ def test_ready_once_then_request_uses_negotiated_version() -> None:
     assert exchange.cipher_suite == 0xC02F
     assert exchange.handshake_types == (2, 11, 14)
     request = exchange.heartbeat_request()
-    assert request == (
-        b"\x18\x03\x01\x10\x03\x01\x10\x00" + PAYLOAD + b"\x17\x03\x01\x00\x01\x00"
-    )
+    assert request == (b"\x18\x03\x01\x10\x03\x01\x10\x00" + PAYLOAD + b"\x17\x03\x01\x00\x01\x00")
     assert exchange.heartbeat_sent
     assert isinstance(exchange.feed(b""), NeedMoreData)  # Ready is not repeated
 
@@ -326,3 +324,12 @@ def test_drip_of_a_long_valid_record_is_compared_as_it_comes() -> None:
 def test_payload_size_is_checked(size: int) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - any ValueError: a caller error
         HeartbleedExchange(0x0303, None, bytes(size))
+
+
+def test_heartbeat_request_after_a_handshake_error_is_a_driver_bug() -> None:
+    exchange = HeartbleedExchange(0x0303, None, PAYLOAD)
+    exchange.feed(as_records([server_hello(), handshake(1, b"")]))
+    assert exchange.server_hello is not None
+    assert isinstance(exchange.result, HandshakeError)
+    with pytest.raises(RuntimeError):
+        exchange.heartbeat_request()
