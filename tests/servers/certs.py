@@ -176,9 +176,7 @@ def self_signed(
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    cert_path = write_file(
-        directory / f"{stem}.pem", cert.public_bytes(serialization.Encoding.PEM)
-    )
+    cert_path = write_file(directory / f"{stem}.pem", cert.public_bytes(serialization.Encoding.PEM))
     key_path = write_file(
         directory / f"{stem}-key.pem",
         key.private_bytes(

@@ -44,7 +44,7 @@ class MissingBinaryError(ServerStartError):
 
 
 def require_binary(name: str, package: str) -> str:
-    """Absolute path of ``name`` (PATH plus the sbin dirs), or a clear failure naming the package."""
+    """Absolute path of ``name`` (PATH plus sbin dirs), or a clear error naming the package."""
     search = os.pathsep.join(
         [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"]
     )
@@ -164,8 +164,10 @@ class ServerProcess:
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
         stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+        stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         self.name = name
+        self.stop_timeout = stop_timeout
         self.argv = list(argv)
         self.log_path = log_path
         self.extra_logs = list(extra_logs)
@@ -207,8 +209,11 @@ class ServerProcess:
         if not self.alive():
             raise self.failure("process died during start-up")
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM, wait up to ``timeout``, then SIGKILL the process group. Idempotent."""
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM, wait up to ``timeout`` (default: ``stop_timeout``), then SIGKILL the process
+        group. Idempotent."""
+        if timeout is None:
+            timeout = self.stop_timeout
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.popen.send_signal(signal.SIGTERM)
@@ -217,7 +222,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.pid, signal.SIGKILL)
-                self.popen.wait(timeout)
+                self.popen.wait(STOP_TIMEOUT)
         # Children left in the session (workers, login processes) go too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)

@@ -112,7 +112,9 @@ def run_exim(
             "acl_smtp_rcpt = acl_check_rcpt",
             *extra_main,
         ]
-        config = "\n".join(main) + f"""
+        config = (
+            "\n".join(main)
+            + f"""
 
 begin acl
 
@@ -138,6 +140,7 @@ maildir_delivery:
   create_directory
   user = {EXIM_USER}
 """
+        )
         conf = write_file(data / "exim.conf", config)
         chown_tree(data / "spool", uid, gid)
         chown_tree(data / "log", uid, gid)

@@ -26,6 +26,23 @@ from .prometheus import PrometheusStack, run_prometheus_stack
 from .sshd import SshdServer, run_sshd
 from .vsftpd import VsftpdServer, run_vsftpd
 
+__all__ = [
+    "StartServer",
+    "dovecot_server",
+    "exim_server",
+    "gnutls_server",
+    "mariadb_replication",
+    "mariadb_server",
+    "mariadb_tls_server",
+    "nginx_server",
+    "prometheus_stack",
+    "server_ca",
+    "server_certs",
+    "sshd_server",
+    "start_server",
+    "vsftpd_server",
+]
+
 _T = TypeVar("_T")
 
 

@@ -93,7 +93,7 @@ class GnutlsServer:
     """Address inside the namespace (127.0.0.1; the host namespace cannot reach it)."""
     port: int
     netns_path: Path
-    """``/proc/<pid>/ns/net``: pass to :func:`netns`, :func:`call_in_netns`, :func:`run_in_netns`."""
+    """``/proc/<pid>/ns/net``, for :func:`netns`, :func:`call_in_netns`, :func:`run_in_netns`."""
     certs: CertFiles
     heartbeat: bool
     data_dir: Path

@@ -8,9 +8,13 @@ primary's binlog never collides with its own local users.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import shutil
 import socket
 import struct
+import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -136,6 +140,21 @@ def _client() -> str:
     return require_binary("mariadb", "mariadb-client-core")
 
 
+_template: list[Path] = []
+_template_lock = threading.Lock()
+
+
+def _fresh_datadir(data: Path) -> None:
+    """Copy a pristine datadir made once per process by ``mariadb-install-db`` (0.6 s -> 0.04 s)."""
+    with _template_lock:
+        if not _template:
+            base = Path(tempfile.mkdtemp(prefix="probed-mariadb-template-", dir="/tmp"))
+            atexit.register(shutil.rmtree, base, ignore_errors=True)
+            _install_db(base / "data")
+            _template.append(base / "data")
+    shutil.copytree(_template[0], data)
+
+
 def _install_db(data: Path) -> None:
     install = require_binary("mariadb-install-db", "mariadb-server")
     run_checked(
@@ -174,7 +193,7 @@ def run_mariadb(
     mariadbd = require_binary("mariadbd", "mariadb-server")
     with service_dir("mariadb") as base:
         data = base / "data"
-        _install_db(data)
+        _fresh_datadir(data)
         port = free_port()
         sock = base / "sock"
         err_log = base / "err.log"
@@ -209,9 +228,7 @@ def run_mariadb(
         if require_secure_transport:
             argv.append("--require-secure-transport=ON")
         argv += list(extra_args)
-        proc = ServerProcess(
-            "mariadbd", argv, log_path=base / "server.log", extra_logs=[err_log]
-        )
+        proc = ServerProcess("mariadbd", argv, log_path=base / "server.log", extra_logs=[err_log])
         with started(proc):
             greeting = wait_until(
                 lambda: read_greeting(LOCALHOST, port),
@@ -282,7 +299,8 @@ def run_mariadb_replica(
             raise ServerStartError(
                 f"replica of 127.0.0.1:{primary.port} not running within {timeout:.0f} s: "
                 f"IO={status.get('Slave_IO_Running')} SQL={status.get('Slave_SQL_Running')} "
-                f"io_error={status.get('Last_IO_Error')!r} sql_error={status.get('Last_SQL_Error')!r}\n"
+                f"io_error={status.get('Last_IO_Error')!r} "
+                f"sql_error={status.get('Last_SQL_Error')!r}\n"
                 f"--- {replica.log_path} ---\n{tail(replica.log_path)}"
             )
         yield MariaDBServer(

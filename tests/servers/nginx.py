@@ -127,8 +127,9 @@ def run_nginx(
     """Start nginx on 127.0.0.1 with a plain and (if ``tls``) a TLS port.
 
     Without ``vhosts`` there is one default host ``localhost`` answering ``200 "ok\\n"``.
-    ``certs`` is the default certificate (a fresh CA + localhost leaf if None). For TLS 1.0/1.1
-    pass ``ssl_protocols="TLSv1 TLSv1.1 TLSv1.2 TLSv1.3"`` and ``ssl_ciphers="DEFAULT:@SECLEVEL=0"``.
+    ``certs`` is the default certificate (a fresh CA + localhost leaf if None). For TLS
+    1.0/1.1 pass ``ssl_protocols="TLSv1 TLSv1.1 TLSv1.2 TLSv1.3"`` and
+    ``ssl_ciphers="DEFAULT:@SECLEVEL=0"``.
     ``static_files`` (relative path -> bytes) go into ``www_dir``, the root of every host.
     """
     nginx = require_binary("nginx", "nginx")
@@ -142,7 +143,7 @@ def run_nginx(
         for rel, content in (static_files or {}).items():
             write_file(www / rel, content)
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (data / "tmp" / sub).mkdir(parents=True, mode=0o755)
+            (data / "temp" / sub).mkdir(parents=True, mode=0o755)
         default_index = next((i for i, v in enumerate(hosts) if v.default), 0)
         blocks = []
         for index, vhost in enumerate(hosts):
@@ -174,11 +175,11 @@ events {{
 }}
 http {{
   access_log {data}/access.log;
-  client_body_temp_path {data}/tmp/body;
-  proxy_temp_path {data}/tmp/proxy;
-  fastcgi_temp_path {data}/tmp/fastcgi;
-  uwsgi_temp_path {data}/tmp/uwsgi;
-  scgi_temp_path {data}/tmp/scgi;
+  client_body_temp_path {data}/temp/body;
+  proxy_temp_path {data}/temp/proxy;
+  fastcgi_temp_path {data}/temp/fastcgi;
+  uwsgi_temp_path {data}/temp/uwsgi;
+  scgi_temp_path {data}/temp/scgi;
   default_type text/plain;
   server_names_hash_bucket_size 128;
 {tls_lines}{extra_http}
@@ -207,7 +208,11 @@ http {{
                 send = f"HEAD / HTTP/1.0\r\nHost: {hosts[default_index].server_name}\r\n\r\n"
                 wait_until(
                     lambda: read_banner(
-                        LOCALHOST, https_port, expect=b"HTTP/1.", ssl_context=ctx, send=send.encode()
+                        LOCALHOST,
+                        https_port,
+                        expect=b"HTTP/1.",
+                        ssl_context=ctx,
+                        send=send.encode(),
                     ),
                     proc=proc,
                     what=f"HTTPS on {LOCALHOST}:{https_port}",

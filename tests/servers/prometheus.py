@@ -66,7 +66,7 @@ def _handler(store: _Store) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return Handler
@@ -276,7 +276,9 @@ def run_prometheus(
             rules_path = write_file(data / "rules.yml", rules)
             config["rule_files"] = [str(rules_path)]
         if alertmanager is not None:
-            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+            config["alerting"] = {
+                "alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]
+            }
         conf = write_file(data / "prometheus.yml", json.dumps(config, indent=1) + "\n")
         log = data / "server.log"
         proc = ServerProcess(

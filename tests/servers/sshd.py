@@ -65,7 +65,19 @@ def run_sshd(
         for key_type in types:
             path = data / f"ssh_host_{key_type}_key"
             run_checked(
-                [keygen, "-q", "-t", key_type, "-N", "", "-C", "", "-f", str(path)],
+                [
+                    keygen,
+                    "-q",
+                    "-t",
+                    key_type,
+                    *(["-b", "2048"] if key_type == "rsa" else []),
+                    "-N",
+                    "",
+                    "-C",
+                    "",
+                    "-f",
+                    str(path),
+                ],
                 what=f"sshd host key {key_type}",
             )
             host_keys.append(path)
