@@ -24,9 +24,20 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("-c", "--config", default=DEFAULT_CONFIG, type=Path)
+    run.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TLS and basic auth for every endpoint (Prometheus exporter web config format)",
+    )
 
     check = sub.add_parser("check-config", help="validate a config and summarise it")
     check.add_argument("config", type=Path)
+    check.add_argument(
+        "--web.config.file", dest="web_config_file", type=Path, default=None, metavar="FILE"
+    )
 
     probe = sub.add_parser(
         "probe",
@@ -59,13 +70,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_config(path: Path) -> int:
+def _check_config(path: Path, web_config_file: Path | None) -> int:
+    from probed import webconfig  # noqa: PLC0415 - bcrypt and ssl only when asked for
+
     try:
         cfg = config_mod.load(path)
+        web = webconfig.load(web_config_file) if web_config_file is not None else None
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     print(cfg.summary())
+    if web is not None:
+        print(f"{web.path}: OK, {web.describe()}")
     return 0
 
 
@@ -83,7 +99,7 @@ def _probe(args: argparse.Namespace) -> int:
         return UNKNOWN
     env = Resources(cfg.secrets if cfg is not None else SecretStore(Path.cwd()))
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        outcome = runner.run(execute(job, env, capture_log=args.debug))
+        outcome = runner.run(env.closing(execute(job, env, capture_log=args.debug)))
     sys.stdout.write(report(job, outcome, with_log=args.debug))
     return nagios_state(outcome)
 
@@ -126,7 +142,7 @@ def _scan(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     env = Resources(cfg.secrets if cfg is not None else SecretStore(Path.cwd()))
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(run_scan(jobs, env, request))
+        return runner.run(env.closing(run_scan(jobs, env, request)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = args.command in {"probe", "scan"}
     log.configure("warning" if quiet else args.log_level, args.log_format)
     if args.command == "check-config":
-        return _check_config(args.config)
+        return _check_config(args.config, args.web_config_file)
     if args.command == "probe":
         return _probe(args)
     if args.command == "scan":
@@ -143,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     from probed.app import run_daemon  # noqa: PLC0415
 
     try:
-        return run_daemon(args.config)
+        return run_daemon(args.config, args.web_config_file)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG

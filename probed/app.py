@@ -7,16 +7,18 @@ import contextlib
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import aiohttp
 import structlog
 from aiohttp import web
 
 from probed import config as config_mod
 from probed.config import Config, ConfigError, adhoc_job
 from probed.exposition import Exposition, SelfMetrics, job_labels, render_outcome
+from probed.probes.http import new_session as new_http_session
 from probed.report import report
 from probed.runner import execute
 from probed.scheduler import Scheduler
@@ -24,8 +26,11 @@ from probed.secrets import SecretStore
 from probed.server import make_app
 from probed.systemd import Notifier
 from probed.watch import watch
+from probed.webconfig import WebConfig
+from probed.webconfig import load as load_web_config
 
 log = structlog.get_logger("probed")
+_T = TypeVar("_T")
 
 
 class Resources:
@@ -34,6 +39,7 @@ class Resources:
     def __init__(self, secrets: SecretStore) -> None:
         self.secrets = secrets
         self._contexts: dict[Any, ssl.SSLContext] = {}
+        self._http: aiohttp.ClientSession | None = None
 
     def ssl_context(self, key: Any, build: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         ctx = self._contexts.get(key)
@@ -41,13 +47,32 @@ class Resources:
             ctx = self._contexts[key] = build()
         return ctx
 
+    def http_session(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the running loop the session binds to.
+        if self._http is None or self._http.closed:
+            self._http = new_http_session()
+        return self._http
+
+    async def closing(self, work: Awaitable[_T]) -> _T:
+        """``await work``, then close (one-shot runs: CLI ``probe`` and ``scan``)."""
+        try:
+            return await work
+        finally:
+            await self.close()
+
     async def close(self) -> None:
         self._contexts.clear()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
 
 class Daemon:
-    def __init__(self, cfg: Config, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, cfg: Config, notifier: Notifier | None = None, web_config: WebConfig | None = None
+    ) -> None:
         self.config = cfg
+        self.web_config = web_config
         self.notifier = notifier or Notifier()
         self.metrics = SelfMetrics()
         self.exposition = Exposition(self.metrics)
@@ -162,10 +187,24 @@ class Daemon:
         loop = asyncio.get_running_loop()
         stats = self.scheduler.apply(self.config.jobs)
         self._loaded()
-        runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
+        web_config = self.web_config
+        middlewares = web_config.middlewares if web_config is not None else ()
+        runner = web.AppRunner(
+            make_app(self, middlewares),
+            access_log=None,
+            handle_signals=False,
+            # Requests in flight at shutdown (a scrape, a /probe) get the same grace as runs.
+            shutdown_timeout=self.config.server.shutdown_grace,
+        )
         await runner.setup()
         host, _, port = self.config.server.listen.rpartition(":")
-        site = web.TCPSite(runner, host.strip("[]") or None, int(port), reuse_address=True)
+        site = web.TCPSite(
+            runner,
+            host.strip("[]") or None,
+            int(port),
+            reuse_address=True,
+            ssl_context=web_config.ssl_context if web_config is not None else None,
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -192,6 +231,7 @@ class Daemon:
             listen=self.config.server.listen,
             jobs=stats.added,
             config=str(self.config.path),
+            web=web_config.describe() if web_config is not None else "tls off, basic auth off",
         )
         self.notifier.ready(self._status())
         await self._stop.wait()
@@ -200,12 +240,15 @@ class Daemon:
         log.info("stopping", in_flight=int(self.metrics.in_flight._value.get()))
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        await self.scheduler.stop(self.config.server.shutdown_grace)
         for task in list(self._background):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._background, return_exceptions=True)
-        await runner.cleanup()
+        # Both within one grace: runs and HTTP requests in flight finish or are cancelled,
+        # the listener and every keep-alive connection close.
+        await asyncio.gather(
+            self.scheduler.stop(self.config.server.shutdown_grace), runner.cleanup()
+        )
         await self.env.close()
         self.notifier.close()
         log.info("stopped")
@@ -220,7 +263,8 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_daemon(path: Path) -> int:
+def run_daemon(path: Path, web_config_file: Path | None = None) -> int:
     cfg = config_mod.load(path)
+    web_config = load_web_config(web_config_file) if web_config_file is not None else None
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(Daemon(cfg).run())
+        return runner.run(Daemon(cfg, web_config=web_config).run())

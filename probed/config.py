@@ -439,6 +439,10 @@ class _JobBuilder:
                 f"interval {format_duration(interval)} (module {module.name})"
             )
             return
+        problem = module.settings.job_problem(timeout)
+        if problem is not None:
+            self.problems.append(f"{where}: {problem} (module {module.name})")
+            return
         key = (module.name, target.raw)
         if key in self._seen:
             self.problems.append(

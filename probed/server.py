@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import Iterable
 from typing import Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from probed.exposition import CONTENT_TYPE
 
@@ -83,8 +85,9 @@ async def index(request: web.Request) -> web.Response:
     )
 
 
-def make_app(backend: Backend) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+def make_app(backend: Backend, middlewares: Iterable[Middleware] = ()) -> web.Application:
+    """``middlewares`` (basic auth from the web config) guard every route."""
+    app = web.Application(client_max_size=64 * 1024, middlewares=list(middlewares))
     app[BACKEND] = backend
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)

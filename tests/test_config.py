@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probed import config
-from probed.config import ConfigError, parse_duration
+from probed.config import ConfigError
+from probed.durations import parse_duration
 from probed.secrets import SecretError, SecretRef, SecretStore
 
 HERE = Path(__file__).parent

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from probed.results import Recorder
     from probed.secrets import SecretStore
 
@@ -43,7 +45,32 @@ class Reason(enum.Enum):
     TLS_CERT_UNKNOWN_ISSUER = "tls_cert_unknown_issuer"
     TLS_CERT_NAME_MISMATCH = "tls_cert_name_mismatch"
     TLS_CERT_INVALID = "tls_cert_invalid"
+    TLS_CERT_EXPIRING = "tls_cert_expiring"
+    HTTP_STATUS = "http_status"
+    HTTP_VERSION = "http_version"
+    HTTP_REGEX = "http_regex"
+    HTTP_SSL_REQUIRED = "http_ssl_required"
+    HTTP_SSL_FORBIDDEN = "http_ssl_forbidden"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    SECRET_UNAVAILABLE = "secret_unavailable"  # noqa: S105 - a reason name, not a secret
+    SSH_HOST_KEY_MISMATCH = "ssh_host_key_mismatch"
+    COMMAND_FAILED = "command_failed"
+    QUERY_FAILED = "query_failed"
+    REPLICATION_BROKEN = "replication_broken"
+    REPLICATION_LAG = "replication_lag"
+    BACKUP_MISSING = "backup_missing"
+    BACKUP_TOO_OLD = "backup_too_old"
+    BACKUP_TOO_SMALL = "backup_too_small"
     HEARTBLEED_VULNERABLE = "heartbleed_vulnerable"
+    SERVER_ERROR = "server_error"  # the server reported its own fault (vsftpd "500 OOPS")
+    LOGIN_REFUSED = "login_refused"  # login not offered here (LOGINDISABLED, no AUTH, ...)
+    AUTH_FAILED = "auth_failed"  # credentials sent and rejected
+    SMTP_REJECTED = "smtp_rejected"  # greeting, EHLO, MAIL FROM, RCPT TO or DATA refused
+    MAILBOX_UNAVAILABLE = "mailbox_unavailable"  # EXAMINE/STAT refused after login
+    FTP_PATH_UNAVAILABLE = "ftp_path_unavailable"  # CWD/LIST of the directory refused
+    FTP_DATA_FAILED = "ftp_data_failed"  # passive data connection refused or broken
+    FILE_TOO_OLD = "file_too_old"  # the newest file is older than allowed
+    MESSAGE_LOST = "message_lost"  # mailflow: not delivered before the deadline
     RESOURCE_EXHAUSTED = "resource_exhausted"
     INTERNAL_ERROR = "internal_error"
 
@@ -89,6 +116,11 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
+    def job_problem(self, timeout: float) -> str | None:
+        """A problem with running these settings under a job ``timeout`` (config check)."""
+        del timeout
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -106,6 +138,10 @@ class Env(Protocol):
     def secrets(self) -> SecretStore: ...
 
     def ssl_context(self, key: Any, build: Callable[[], ssl.SSLContext]) -> ssl.SSLContext: ...
+
+    def http_session(self) -> aiohttp.ClientSession:
+        """The one shared HTTP client session (no cookie jar, no keep-alive between runs)."""
+        ...
 
 
 ProbeFn = Callable[[Target, Any, "Recorder", Env], Awaitable[bool]]

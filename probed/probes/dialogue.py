@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from probed.probes.base import Reason
-from probed.probes.stream import Stream, StreamError
+from pydantic import Field
+
+from probed.probes.base import Env, Reason, Settings, Target
+from probed.probes.stream import Stream, StreamError, connect, resolve
+from probed.probes.tlsfacts import TLSSettings, handshake
 from probed.results import Recorder
+from probed.targets import parse_host_port
 
 StartTLS = Literal["smtp", "pop3", "imap", "ftp", "mysql", "postgres", "xmpp"]
 STARTTLS_PROTOCOLS: tuple[StartTLS, ...] = (
@@ -93,6 +98,37 @@ def _refused(protocol: str, answer: str) -> StreamError:
     return StreamError(Reason.STARTTLS_REFUSED, f"{protocol} STARTTLS refused: {answer[:160]!r}")
 
 
+# -- SMTP -----------------------------------------------------------------------------------
+
+
+async def smtp_ehlo(stream: Stream, ehlo_name: str) -> Reply:
+    """EHLO; any answer but 250 is a protocol error (the caller may look at the code)."""
+    ehlo = await command(stream, f"EHLO {ehlo_name}", "EHLO")
+    if ehlo.code != 250:
+        raise StreamError(Reason.PROTOCOL_ERROR, f"EHLO answered {ehlo.code}: {ehlo.text[:160]}")
+    return ehlo
+
+
+def smtp_extensions(ehlo: Reply) -> dict[str, str]:
+    """EHLO lines after the first: ``KEYWORD params`` -> {KEYWORD: params}."""
+    found: dict[str, str] = {}
+    for line in ehlo.lines[1:]:
+        keyword, _, params = line.strip().partition(" ")
+        if keyword:
+            found[keyword.upper()] = params.strip()
+    return found
+
+
+async def smtp_starttls(stream: Stream, extensions: dict[str, str]) -> Reply:
+    """STARTTLS after EHLO; raises STARTTLS_REFUSED unless advertised and answered 220."""
+    if "STARTTLS" not in extensions:
+        raise StreamError(Reason.STARTTLS_REFUSED, "SMTP server does not advertise STARTTLS")
+    reply = await command(stream, "STARTTLS", "STARTTLS")
+    if reply.code != 220:
+        raise _refused("SMTP", f"{reply.code} {reply.text}")
+    return reply
+
+
 async def smtp(stream: Stream, rec: Recorder, ehlo_name: str) -> Reply:
     greeting = await read_reply(stream, "SMTP greeting")
     if greeting.code != 220:
@@ -100,82 +136,211 @@ async def smtp(stream: Stream, rec: Recorder, ehlo_name: str) -> Reply:
             Reason.PROTOCOL_ERROR, f"SMTP greeting {greeting.code}: {greeting.text[:160]}"
         )
     # Exim refuses STARTTLS before EHLO, so always say EHLO first.
-    ehlo = await command(stream, f"EHLO {ehlo_name}", "EHLO")
-    if ehlo.code != 250:
-        raise StreamError(Reason.PROTOCOL_ERROR, f"EHLO answered {ehlo.code}: {ehlo.text[:160]}")
-    if not any(line.upper().split(" ", 1)[0] == "STARTTLS" for line in ehlo.lines[1:]):
-        raise StreamError(Reason.STARTTLS_REFUSED, "SMTP server does not advertise STARTTLS")
-    reply = await command(stream, "STARTTLS", "STARTTLS")
-    if reply.code != 220:
-        raise _refused("SMTP", f"{reply.code} {reply.text}")
+    ehlo = await smtp_ehlo(stream, ehlo_name)
+    await smtp_starttls(stream, smtp_extensions(ehlo))
     rec.debug("smtp starttls accepted", greeting=greeting.lines[0][:80])
     return greeting
 
 
-async def pop3(stream: Stream, rec: Recorder) -> None:
+# -- POP3 -----------------------------------------------------------------------------------
+
+
+async def pop3_command(stream: Stream, line: str, what: str) -> tuple[bool, str]:
+    stream.write(line.encode() + b"\r\n")
+    return await read_status_line(stream, what)
+
+
+async def read_multiline(stream: Stream, what: str, max_lines: int = MAX_REPLY_LINES) -> list[str]:
+    """POP3 multi-line body after ``+OK``: lines up to ``.``, dot-unstuffed, bounded."""
+    lines: list[str] = []
+    for _ in range(max_lines):
+        line = _decode(await stream.read_line(MAX_LINE))
+        if line == ".":
+            return lines
+        lines.append(line[1:] if line.startswith("..") else line)
+    raise StreamError(Reason.PROTOCOL_ERROR, f"{what}: more than {max_lines} lines")
+
+
+async def pop3_greeting(stream: Stream) -> str:
     ok, text = await read_status_line(stream, "POP3 greeting")
     if not ok:
         raise StreamError(Reason.PROTOCOL_ERROR, f"POP3 greeting -ERR {text[:160]}")
-    stream.write(b"STLS\r\n")
-    ok, answer = await read_status_line(stream, "STLS")
+    return text
+
+
+async def pop3_stls(stream: Stream) -> None:
+    ok, answer = await pop3_command(stream, "STLS", "STLS")
     if not ok:
         raise _refused("POP3", answer)
+
+
+async def pop3(stream: Stream, rec: Recorder) -> None:
+    await pop3_greeting(stream)
+    await pop3_stls(stream)
     rec.debug("pop3 stls accepted")
 
 
-async def imap(stream: Stream, rec: Recorder) -> None:
+# -- IMAP -----------------------------------------------------------------------------------
+
+
+async def imap_greeting(stream: Stream) -> str:
     greeting = _decode(await stream.read_line(MAX_LINE))
     if not greeting.upper().startswith(("* OK", "* PREAUTH")):
         raise StreamError(Reason.PROTOCOL_ERROR, f"IMAP greeting: {greeting[:160]!r}")
-    stream.write(b"a1 STARTTLS\r\n")
-    status, text, _ = await read_tagged(stream, "a1", "STARTTLS")
+    return greeting
+
+
+async def imap_command(
+    stream: Stream, tag: str, line: str, what: str
+) -> tuple[str, str, list[str]]:
+    stream.write(f"{tag} {line}\r\n".encode())
+    return await read_tagged(stream, tag, what)
+
+
+def imap_quote(text: str) -> str:
+    """An IMAP quoted string; CR, LF and NUL cannot be quoted (callers reject them)."""
+    if any(c in text for c in "\r\n\0"):
+        raise ValueError("CR, LF and NUL cannot be sent in an IMAP quoted string")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+async def imap_starttls(stream: Stream, tag: str = "a1") -> None:
+    status, text, _ = await imap_command(stream, tag, "STARTTLS", "STARTTLS")
     if status != "OK":
         raise _refused("IMAP", f"{status} {text}")
+
+
+async def imap(stream: Stream, rec: Recorder) -> None:
+    await imap_greeting(stream)
+    await imap_starttls(stream)
     rec.debug("imap starttls accepted")
 
 
-async def ftp(stream: Stream, rec: Recorder) -> None:
+# -- FTP ------------------------------------------------------------------------------------
+
+
+def _oops(reply: Reply, what: str) -> StreamError | None:
+    # vsftpd reports its own faults (bad config, TLS setup failed) as "500 OOPS: ...".
+    if reply.lines and reply.lines[0].startswith("OOPS"):
+        return StreamError(Reason.SERVER_ERROR, f"{what}: {reply.code} {reply.text[:160]}")
+    return None
+
+
+async def ftp_greeting(stream: Stream) -> Reply:
     greeting = await read_reply(stream, "FTP greeting")
     if greeting.code != 220:
-        raise StreamError(
+        failure = _oops(greeting, "FTP greeting")
+        raise failure or StreamError(
             Reason.PROTOCOL_ERROR, f"FTP greeting {greeting.code}: {greeting.text[:160]}"
         )
+    return greeting
+
+
+async def ftp_auth_tls(stream: Stream) -> Reply:
     reply = await command(stream, "AUTH TLS", "AUTH TLS")
     if reply.code != 234:
+        failure = _oops(reply, "AUTH TLS")
+        if failure is not None:
+            raise failure
         # Some servers know only the older name.
         reply = await command(stream, "AUTH SSL", "AUTH SSL")
         if reply.code not in (234, 334):
-            raise _refused("FTP", f"{reply.code} {reply.text}")
+            raise _oops(reply, "AUTH SSL") or _refused("FTP", f"{reply.code} {reply.text}")
+    return reply
+
+
+def plaintext_answer(stream: Stream) -> str | None:
+    """The peer's plaintext line when it answered our ClientHello with text, not TLS."""
+    head = stream.handshake_head
+    if head[:1].isdigit() or head[:1] in (b"+", b"-", b"*"):
+        return _decode(head.split(b"\n", 1)[0])
+    return None
+
+
+async def ftp(stream: Stream, rec: Recorder) -> None:
+    await ftp_greeting(stream)
+    await ftp_auth_tls(stream)
     rec.debug("ftp auth tls accepted")
 
 
 CLIENT_SSL = 0x0800
 _MYSQL_CLIENT_FLAGS = 0x0000_0200 | 0x0000_8000 | CLIENT_SSL  # PROTOCOL_41, SECURE_CONN
+MYSQL_MAX_GREETING = 16384  # real greetings are ~100 bytes; the length field allows 16 MiB
 
 
-async def mysql(stream: Stream, rec: Recorder) -> None:
-    header = await stream.read_exactly(4)
-    length = int.from_bytes(header[:3], "little")
-    if length < 1 or length > 16384:
-        raise StreamError(Reason.PROTOCOL_ERROR, f"MySQL greeting of {length} bytes")
-    payload = await stream.read_exactly(length)
+@dataclass(frozen=True, slots=True)
+class MySQLGreeting:
+    """The facts of a MySQL/MariaDB initial handshake packet (protocol version 10)."""
+
+    version: str
+    """As sent: MariaDB prefixes ``5.5.5-`` for old clients (see ``server_version``)."""
+    capabilities: int
+    """Capability flags, lower and (when sent) upper 16 bits."""
+
+    @property
+    def tls_offered(self) -> bool:
+        return bool(self.capabilities & CLIENT_SSL)
+
+    @property
+    def server_version(self) -> str:
+        return self.version.removeprefix("5.5.5-")
+
+    @property
+    def flavor(self) -> str:
+        return "mariadb" if "mariadb" in self.version.lower() else "mysql"
+
+
+def parse_mysql_greeting(payload: bytes) -> MySQLGreeting:
+    """The greeting's payload (after the 4-byte header) -> facts; StreamError if it is not one."""
+    if not payload:
+        raise StreamError(Reason.PROTOCOL_ERROR, "empty MySQL greeting")
     if payload[0] == 0xFF:
-        raise StreamError(Reason.PROTOCOL_ERROR, "MySQL server sent an error instead of a greeting")
+        # An error packet ("Host is blocked", "Too many connections"): code and text.
+        code = int.from_bytes(payload[1:3], "little")
+        message = payload[9:] if payload[3:4] == b"#" else payload[3:]  # optional SQLSTATE
+        text = message.decode("utf-8", "replace")
+        raise StreamError(
+            Reason.PROTOCOL_ERROR, f"MySQL server refused the connection: {code} {text[:160]}"
+        )
     if payload[0] != 10:
         raise StreamError(Reason.PROTOCOL_ERROR, f"MySQL protocol version {payload[0]} (want 10)")
-    end = payload.find(b"\0", 1)
+    end = payload.find(b"\0", 1, 256)
     # version NUL, connection id (4), auth data (8), filler (1), capabilities low (2)
     caps_at = end + 1 + 4 + 8 + 1
     if end < 0 or len(payload) < caps_at + 2:
         raise StreamError(Reason.PROTOCOL_ERROR, "MySQL greeting too short")
     capabilities = int.from_bytes(payload[caps_at : caps_at + 2], "little")
-    if not capabilities & CLIENT_SSL:
+    # charset (1), status (2), capabilities high (2)
+    high_at = caps_at + 2 + 1 + 2
+    if len(payload) >= high_at + 2:
+        capabilities |= int.from_bytes(payload[high_at : high_at + 2], "little") << 16
+    version = payload[1:end].decode("ascii", "replace")
+    return MySQLGreeting(version=version, capabilities=capabilities)
+
+
+async def read_mysql_greeting(stream: Stream) -> MySQLGreeting:
+    """Read and parse the server's first packet; bounded by ``MYSQL_MAX_GREETING``."""
+    header = await stream.read_exactly(4)
+    length = int.from_bytes(header[:3], "little")
+    if length < 1 or length > MYSQL_MAX_GREETING:
+        raise StreamError(Reason.PROTOCOL_ERROR, f"MySQL greeting of {length} bytes")
+    return parse_mysql_greeting(await stream.read_exactly(length))
+
+
+def send_mysql_ssl_request(stream: Stream) -> None:
+    """The SSLRequest packet (sequence 1): the client's cue to start the TLS handshake."""
+    body = struct.pack("<IIB23x", _MYSQL_CLIENT_FLAGS, 16 * 1024 * 1024, 33)
+    stream.write(len(body).to_bytes(3, "little") + b"\x01" + body)
+
+
+async def mysql(stream: Stream, rec: Recorder) -> None:
+    greeting = await read_mysql_greeting(stream)
+    if not greeting.tls_offered:
         raise StreamError(
             Reason.STARTTLS_REFUSED, "MySQL server does not offer TLS (no CLIENT_SSL)"
         )
-    body = struct.pack("<IIB23x", _MYSQL_CLIENT_FLAGS, 16 * 1024 * 1024, 33)
-    stream.write(len(body).to_bytes(3, "little") + b"\x01" + body)
-    rec.debug("mysql ssl request sent", version=payload[1:end].decode("ascii", "replace")[:60])
+    send_mysql_ssl_request(stream)
+    rec.debug("mysql ssl request sent", version=greeting.version[:60])
 
 
 async def postgres(stream: Stream, rec: Recorder) -> None:
@@ -224,3 +389,67 @@ async def negotiate(
             await postgres(stream, rec)
         else:
             await xmpp(stream, rec, hostname)
+
+
+# -- sessions of the mail and FTP probes ----------------------------------------------------
+
+TLSMode = Literal["starttls", "opportunistic", "implicit", "none"]
+READ_LIMIT = 64 * 1024
+_ERROR_LINE = re.compile(r"^(?:[45]\d\d[ -]|-ERR|\S+ (?:NO|BAD) )")
+
+
+class SessionSettings(Settings):
+    """Connection settings the smtp, pop3, imap and ftp probes share.
+
+    ``tls``: ``starttls`` (upgrade required), ``opportunistic`` (upgrade when offered),
+    ``implicit`` (TLS from the first byte: 465, 995, 993, 990) or ``none``.
+    """
+
+    port: int | None = Field(default=None, ge=1, le=65535)
+    tls: TLSMode = "starttls"
+    tls_config: TLSSettings = Field(default_factory=TLSSettings)
+    ip_protocol: Literal["ip4", "ip6"] = "ip6"
+    ip_protocol_fallback: bool = True
+
+
+def target_parser(plain: int, implicit: int) -> Callable[[str, Any], Target]:
+    """``host[:port]`` whose default port follows the module's TLS mode."""
+
+    def parse(raw: str, settings: Any) -> Target:
+        port = settings.port or (implicit if settings.tls == "implicit" else plain)
+        return parse_host_port(raw, port)
+
+    return parse
+
+
+async def open_session(
+    host: str, port: int, settings: SessionSettings, rec: Recorder, env: Env
+) -> Stream:
+    """Resolve, connect and, for implicit TLS, handshake; raises StreamError."""
+    addresses = await resolve(host, port, rec, settings.ip_protocol, settings.ip_protocol_fallback)
+    stream = await connect(addresses[0], rec, READ_LIMIT)
+    if settings.tls == "implicit":
+        try:
+            await secure(stream, env, settings.tls_config, host, rec)
+        except BaseException:
+            stream.close()
+            raise
+    return stream
+
+
+async def secure(
+    stream: Stream, env: Env, tls_config: TLSSettings, host: str, rec: Recorder
+) -> None:
+    """The shared TLS handshake and facts (phase ``tls``); raises StreamError on failure.
+
+    A server that answers the ClientHello with a plaintext line (vsftpd's ``500 OOPS: ...``
+    when its TLS setup fails) gets a reason of its own rather than a bare handshake error.
+    """
+    if await handshake(stream, env, tls_config, host, rec):
+        return
+    line = plaintext_answer(stream)
+    if rec.reason is Reason.TLS_HANDSHAKE and line is not None:
+        # The handshake recorded the generic reason first; refine it with what we saw.
+        rec.reason = Reason.SERVER_ERROR if _ERROR_LINE.match(line) else Reason.NOT_TLS
+        rec.detail = f"plaintext answer to the TLS handshake: {line[:160]!r}"
+    raise StreamError(rec.reason, rec.detail)

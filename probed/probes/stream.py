@@ -24,6 +24,7 @@ from probed.results import Recorder
 
 Address = tuple[int, tuple[str, int]]
 """(address family, (ip, port))."""
+_HEAD = 256
 
 _ERRNO_REASON = {
     errno.ECONNREFUSED: Reason.CONNECT_REFUSED,
@@ -106,6 +107,9 @@ class Stream(asyncio.Protocol):
         self._tls_in: ssl.MemoryBIO | None = None
         self._tls_out: ssl.MemoryBIO | None = None
         self._tls_ready = False
+        # The first bytes the peer sent during the handshake: a server that answers a
+        # STARTTLS in plaintext ("500 OOPS: ...") can then be told apart from a TLS failure.
+        self._tls_head = bytearray()
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -117,6 +121,8 @@ class Stream(asyncio.Protocol):
             self._tls_in.write(data)
             if self._tls_ready:
                 self._decrypt()
+            elif len(self._tls_head) < _HEAD:
+                self._tls_head += data[: _HEAD - len(self._tls_head)]
         else:
             self._buf += data
         if len(self._buf) >= self._limit and not self._paused and self._transport:
@@ -191,6 +197,11 @@ class Stream(asyncio.Protocol):
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    @property
+    def handshake_head(self) -> bytes:
+        """Up to the first 256 bytes the peer sent during the TLS handshake."""
+        return bytes(self._tls_head)
 
     def write(self, data: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
@@ -267,15 +278,25 @@ class Stream(asyncio.Protocol):
         del self._buf[:max_bytes]
         return data
 
-    async def start_tls(self, context: ssl.SSLContext, server_name: str | None) -> None:
-        """Handshake on this connection; ``self.tls`` stays set even if it fails."""
+    async def start_tls(
+        self,
+        context: ssl.SSLContext,
+        server_name: str | None,
+        session: ssl.SSLSession | None = None,
+    ) -> None:
+        """Handshake on this connection; ``self.tls`` stays set even if it fails.
+
+        ``session`` resumes a session of another connection (FTP data channels: servers
+        such as vsftpd require the control connection's session there)."""
         self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
         # The client speaks first in TLS: plaintext still buffered is the tail of the
         # STARTTLS reply (or a server talking out of turn), never handshake bytes.
         self._buf.clear()
         if self._eof:
             self._tls_in.write_eof()
-        self.tls = context.wrap_bio(self._tls_in, self._tls_out, server_hostname=server_name)
+        self.tls = context.wrap_bio(
+            self._tls_in, self._tls_out, server_hostname=server_name, session=session
+        )
         while True:
             try:
                 self.tls.do_handshake()
