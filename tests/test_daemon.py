@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,14 @@ def _write_config(path: Path, listen: int, targets: dict[str, str]) -> None:
         '[defaults]\ninterval = "1s"\ntimeout = "500ms"\n'
         '[modules.banner]\nprobe = "tcp"\nquery = [ { expect = "^SSH-2\\\\.0-" } ]\n' + probes
     )
+
+
+def _last_run(text: str, case: str) -> float:
+    match = re.search(
+        rf'^probe_last_run_timestamp_seconds\{{.*case="{case}"\}} (\S+)$', text, re.MULTILINE
+    )
+    assert match, f"no probe_last_run_timestamp_seconds for {case}"
+    return float(match.group(1))
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
@@ -137,15 +147,29 @@ async def test_daemon_end_to_end(daemon: tuple[Daemon, dict[str, str]]) -> None:
         text = await _metrics_when(session, d.base, r"^probed_config_last_reload_successful 0")
         assert re.search(r'^probe_success\{.*case="ok"\} 1$', text, re.M)
 
-        # A good one removes the tarpit job and keeps the others.
+        # A good one removes the tarpit job and keeps the others, with their schedule and
+        # last result: no gap in the series, and later runs keep the job's phase.
+        before = _last_run(text, "ok")
         lines = good.split("[[probes]]")
         d.config.write_text("[[probes]]".join(p for p in lines if "tarpit" not in p))
         async with session.post(f"{d.base}/-/reload") as resp:
             assert resp.status == 200, await resp.text()
+            assert "0 changed" in await resp.text()
         _, text = await _get(session, f"{d.base}/metrics")
         assert 'case="tarpit"' not in text
         assert re.search(r'^probe_success\{.*case="ok"\} 1$', text, re.M)
         assert re.search(r"^probed_config_last_reload_successful 1", text, re.M)
+        after = _last_run(text, "ok")
+        assert after >= before
+        later = after
+        for _ in range(25):  # the next run comes within one interval (1s)
+            if later > after:
+                break
+            await asyncio.sleep(0.2)
+            later = _last_run((await _get(session, f"{d.base}/metrics"))[1], "ok")
+        assert later > after
+        drift = (later - before) % 1.0  # interval 1s: whole intervals apart, give or take lag
+        assert min(drift, 1.0 - drift) < 0.2, (before, after, later)
 
         promtool = shutil.which("promtool")
         assert promtool, "promtool (Debian package prometheus) is required"
@@ -264,3 +288,88 @@ async def test_file_sd_change_reloads_without_a_signal(tmp_path: Path) -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+class CountingTarpit:
+    """Accepts, never answers, and notes when each connection is closed by the client."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.closed_at: list[float] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        try:
+            while await reader.read(1024):
+                pass
+        except ConnectionError:
+            pass
+        finally:
+            self.open -= 1
+            self.closed_at.append(time.time())
+            writer.close()
+
+
+async def test_sigterm_with_runs_in_flight_exits_0_within_the_grace(tmp_path: Path) -> None:
+    tarpit = CountingTarpit()
+    server = await asyncio.start_server(tarpit.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    jobs = 6
+    grace = 0.5
+    listen = free_port()
+    cfg = tmp_path / "probes.toml"
+    # Runs last 1.9 s of each 2 s interval, far longer than the grace: most are cancelled.
+    cfg.write_text(
+        f'[server]\nlisten = "127.0.0.1:{listen}"\nshutdown_grace = "{int(grace * 1000)}ms"\n'
+        'per_host_concurrency = 100\n[defaults]\ninterval = "2s"\ntimeout = "1900ms"\n'
+        + "".join(
+            f'[modules.stuck{i}]\nprobe = "tcp"\nquery = [ {{ expect = "^SSH-" }} ]\n'
+            f'[[probes]]\nmodule = "stuck{i}"\ntarget = "127.0.0.1:{port}"\n'
+            for i in range(jobs)
+        )
+    )
+    log, err = tmp_path / "probed.log", tmp_path / "stderr"
+    with log.open("wb") as out, err.open("wb") as errors:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-W", "always::ResourceWarning", "-m", "probed"),
+            *("--log-format", "json", "run", "-c", str(cfg)),
+            stdout=out,
+            stderr=errors,
+        )
+    try:
+        async with aiohttp.ClientSession() as session:
+            # A keep-alive scrape connection is open too; shutdown must not wait for it.
+            await _metrics_when(session, f"http://127.0.0.1:{listen}", "^probed_jobs")
+            loop = asyncio.get_running_loop()
+            end = loop.time() + DEADLINE
+            while tarpit.open < jobs:
+                assert loop.time() < end, f"only {tarpit.open} runs in flight"
+                await asyncio.sleep(0.02)
+            sent = loop.time()
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), 10)
+            took = loop.time() - sent
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        server.close()
+        await server.wait_closed()
+    output = log.read_text()
+    assert code == 0, output[-3000:]
+    # The grace, plus interpreter start-up of nothing and teardown: a couple of seconds.
+    assert took < grace + 2.0, took
+    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    by_name = {e["event"]: e for e in events}
+    assert by_name["stopping"]["in_flight"] >= 1
+    assert by_name["cancelled runs at shutdown"]["count"] >= 1
+    # probed itself closed every probe connection before it said "stopped" (not the kernel
+    # at exit), and left nothing unclosed behind.
+    stopped = dt.datetime.fromisoformat(by_name["stopped"]["timestamp"]).timestamp()
+    assert tarpit.open == 0
+    assert len(tarpit.closed_at) >= jobs
+    assert max(tarpit.closed_at) <= stopped + 0.01
+    stderr = err.read_text()
+    assert "ResourceWarning" not in stderr, stderr
+    assert "Task was destroyed" not in stderr, stderr
+    assert not [e for e in events if e["level"] in {"error", "critical"}], output[-3000:]

@@ -45,9 +45,16 @@ def test_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
         "LimitNOFILE=",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "DynamicUser=yes",
+        "CapabilityBoundingSet=\n",
+        "AmbientCapabilities=\n",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX\n",
+        "SystemCallFilter=@system-service",
     ):
         assert line in text
-    # README states the exposure figure (1.2 when written); 2.0 is the line we hold.
+    # README states the exposure figure (1.1 when written); 2.0 is the line we hold.
     security = subprocess.run(
         [tool, "security", "--offline=yes", "--threshold=20", str(unit)],
         capture_output=True,
@@ -117,3 +124,22 @@ async def test_sd_notify_ready_reload_watchdog_stopping(tmp_path: Path) -> None:
             proc.kill()
             await proc.wait()
         notify.sock.close()
+
+
+def test_unit_with_credentials_and_web_config_verifies(tmp_path: Path) -> None:
+    """The drop-in the unit's comments describe (LoadCredential= with the dynamic user, the
+    web config file from %d) is valid systemd."""
+    tool = shutil.which("systemd-analyze")
+    assert tool, "systemd-analyze (Debian package systemd) is required"
+    unit = _unit_for_here(tmp_path)
+    text = unit.read_text()
+    dropin = [line.removeprefix("#   ") for line in text.splitlines() if line.startswith("#   ")]
+    dropin = [line for line in dropin if line.startswith(("LoadCredential=", "ExecStart"))]
+    assert any("--web.config.file=%d/web-config.yml" in line for line in dropin), dropin
+    assert sum(line.startswith("LoadCredential=") for line in dropin) == 4
+    unit.write_text(text.replace("[Install]", "\n".join(dropin) + "\n\n[Install]"))
+    verify = subprocess.run(
+        [tool, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stderr == "", verify.stderr

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from probed.probes import heartbleed, http, imap, mysql, pop3, smtp, ssh, tcp, tls
+from probed.probes import (
+    backup,
+    ftp,
+    heartbleed,
+    http,
+    imap,
+    mailflow,
+    mysql,
+    pop3,
+    smtp,
+    ssh,
+    tcp,
+    tls,
+)
 from probed.probes.base import ProbeSpec
 
 PROBES: dict[str, ProbeSpec] = {
@@ -14,8 +27,11 @@ PROBES: dict[str, ProbeSpec] = {
         tls.SPEC,
         ssh.SPEC,
         mysql.SPEC,
+        backup.SPEC,
         smtp.SPEC,
         pop3.SPEC,
         imap.SPEC,
+        ftp.SPEC,
+        mailflow.SPEC,
     )
 }

@@ -49,14 +49,21 @@ def _decode(line: bytes) -> str:
     return line.decode("utf-8", "replace").rstrip("\r\n")
 
 
-async def read_reply(stream: Stream, what: str) -> Reply:
-    """``220-first`` ... ``220 last``; bounded in line length and count."""
+async def read_reply(stream: Stream, what: str, *, free_text: bool = False) -> Reply:
+    """``220-first`` ... ``220 last``; bounded in line length and count.
+
+    ``free_text`` (FTP, RFC 959 4.2): lines inside a multi-line reply need not start with
+    the code (``211-Features:`` / `` AUTH TLS`` / ``211 End``); SMTP keeps the strict form.
+    """
     lines: list[str] = []
     code = ""
     for _ in range(MAX_REPLY_LINES):
         raw = await stream.read_line(MAX_LINE)
         match = _REPLY_LINE.match(raw)
         if match is None or (code and match.group(1).decode() != code):
+            if free_text and code:
+                lines.append(_decode(raw))
+                continue
             raise StreamError(
                 Reason.PROTOCOL_ERROR, f"{what}: not a reply line: {_decode(raw)[:120]!r}"
             )
@@ -67,9 +74,9 @@ async def read_reply(stream: Stream, what: str) -> Reply:
     raise StreamError(Reason.PROTOCOL_ERROR, f"{what}: more than {MAX_REPLY_LINES} reply lines")
 
 
-async def command(stream: Stream, line: str, what: str) -> Reply:
+async def command(stream: Stream, line: str, what: str, *, free_text: bool = False) -> Reply:
     stream.write(line.encode() + b"\r\n")
-    return await read_reply(stream, what)
+    return await read_reply(stream, what, free_text=free_text)
 
 
 async def read_status_line(stream: Stream, what: str) -> tuple[bool, str]:
@@ -227,7 +234,7 @@ def _oops(reply: Reply, what: str) -> StreamError | None:
 
 
 async def ftp_greeting(stream: Stream) -> Reply:
-    greeting = await read_reply(stream, "FTP greeting")
+    greeting = await read_reply(stream, "FTP greeting", free_text=True)
     if greeting.code != 220:
         failure = _oops(greeting, "FTP greeting")
         raise failure or StreamError(
@@ -237,13 +244,13 @@ async def ftp_greeting(stream: Stream) -> Reply:
 
 
 async def ftp_auth_tls(stream: Stream) -> Reply:
-    reply = await command(stream, "AUTH TLS", "AUTH TLS")
+    reply = await command(stream, "AUTH TLS", "AUTH TLS", free_text=True)
     if reply.code != 234:
         failure = _oops(reply, "AUTH TLS")
         if failure is not None:
             raise failure
         # Some servers know only the older name.
-        reply = await command(stream, "AUTH SSL", "AUTH SSL")
+        reply = await command(stream, "AUTH SSL", "AUTH SSL", free_text=True)
         if reply.code not in (234, 334):
             raise _oops(reply, "AUTH SSL") or _refused("FTP", f"{reply.code} {reply.text}")
     return reply

@@ -199,6 +199,12 @@ class Stream(asyncio.Protocol):
         return len(self._buf)
 
     @property
+    def peer(self) -> str | None:
+        """The peer's IP address (FTP passive data connections go there)."""
+        info = self._transport.get_extra_info("peername") if self._transport else None
+        return str(info[0]) if info else None
+
+    @property
     def handshake_head(self) -> bytes:
         """Up to the first 256 bytes the peer sent during the TLS handshake."""
         return bytes(self._tls_head)

@@ -7,6 +7,7 @@ session on the data channel (TEST-SERVERS.md §5); pass True to test a probe tha
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ def run_vsftpd(
     anon_files: Mapping[str, bytes] | None = None,
     banner: str = DEFAULT_BANNER,
     require_ssl_reuse: bool = False,
+    implicit_ssl: bool = False,
     ssl_ciphers: str | None = None,
     extra_config: Mapping[str, str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
@@ -67,6 +69,7 @@ def run_vsftpd(
 
     ``anon_files`` (relative path -> content, default ``hello.txt``) make the anonymous root
     (dirs 0555, files 0644, root-owned). ``extra_config`` keys override the generated ones.
+    ``implicit_ssl`` (needs ``tls``): TLS from the first byte, as on port 990.
     """
     vsftpd = require_binary("vsftpd", "vsftpd")
     files = {"hello.txt": b"hello from vsftpd\n"} if anon_files is None else dict(anon_files)
@@ -118,6 +121,7 @@ def run_vsftpd(
                     "force_anon_logins_ssl": "NO",
                     "force_anon_data_ssl": "NO",
                     "require_ssl_reuse": _yes(require_ssl_reuse),
+                    "implicit_ssl": _yes(implicit_ssl),
                 }
             )
             if ssl_ciphers is not None:
@@ -130,9 +134,16 @@ def run_vsftpd(
         )
         log = data / "server.log"
         proc = ServerProcess("vsftpd", [vsftpd, str(conf)], log_path=log, extra_logs=[log_file])
+        banner_tls: ssl.SSLContext | None = None
+        if tls and implicit_ssl:
+            banner_tls = ssl.create_default_context()
+            banner_tls.check_hostname = False
+            banner_tls.verify_mode = ssl.CERT_NONE
         with started(proc):
             try:
-                greeting = wait_for_banner(proc, LOCALHOST, port, b"\r\n", timeout=timeout)
+                greeting = wait_for_banner(
+                    proc, LOCALHOST, port, b"\r\n", timeout=timeout, ssl_context=banner_tls
+                )
             except ServerStartError as exc:
                 if proc.popen.poll() == 2:
                     # vsftpd 3.0.3 exits 2 without a word on an unknown or malformed key.
