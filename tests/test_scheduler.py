@@ -24,18 +24,37 @@ def test_phase_is_stable_and_spread() -> None:
 
 
 class Concurrency:
-    """A loopback peer that holds each connection and records the peak in flight."""
+    """A loopback peer that holds each connection and records when it was open."""
+
+    # The peer shares the probe's event loop, so it notices a client's close a loop
+    # iteration or two after the scheduler has already started the next run. Overlaps
+    # shorter than this are that notification delay, not two runs in flight.
+    CLOSE_NOTICE = 0.05
 
     def __init__(self, hold: float) -> None:
         self.hold = hold
-        self.now = 0
-        self.peak = 0
-        self.total = 0
+        self.intervals: list[tuple[float, float]] = []
+
+    @property
+    def total(self) -> int:
+        return len(self.intervals)
+
+    @property
+    def peak(self) -> int:
+        """Most connections open at once, each counted until CLOSE_NOTICE before its end."""
+        events = sorted(
+            [(start, 1) for start, _ in self.intervals]
+            + [(max(start, end - self.CLOSE_NOTICE), -1) for start, end in self.intervals]
+        )
+        now = peak = 0
+        for _, step in events:
+            now += step
+            peak = max(peak, now)
+        return peak
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.now += 1
-        self.total += 1
-        self.peak = max(self.peak, self.now)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         try:
             writer.write(b"hi\r\n")
             # Held until the client hangs up (its deadline) or ``hold`` passes.
@@ -43,7 +62,7 @@ class Concurrency:
         except TimeoutError:
             pass
         finally:
-            self.now -= 1
+            self.intervals.append((start, loop.time()))
 
 
 def _config(tmp_path: Path, targets: list[str], **server: object) -> config_mod.Config:
