@@ -338,19 +338,18 @@ async def connect(address: Address, rec: Recorder, limit: int = 65536) -> Stream
     loop = asyncio.get_running_loop()
     rec.set(PROBE_IP_PROTOCOL, 6.0 if family == socket.AF_INET6 else 4.0)
     with rec.phase("connect"):
+        # One call with the address literal: the loop takes its numeric fast path (no
+        # resolver thread), and this costs about a third less CPU than creating the socket
+        # ourselves, sock_connect() and create_connection(sock=...) (benchmarks/RESULTS.md).
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            _, stream = await loop.create_connection(
+                lambda: Stream(limit),
+                host=sockaddr[0],
+                port=sockaddr[1],
+                family=family,
+                proto=socket.IPPROTO_TCP,
+            )
         except OSError as exc:
-            raise os_error(exc, "creating a socket") from None
-        try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, sockaddr)
-            _, stream = await loop.create_connection(lambda: Stream(limit), sock=sock)
-        except OSError as exc:
-            sock.close()
             raise os_error(exc, f"connecting to {sockaddr[0]} port {sockaddr[1]}") from None
-        except BaseException:
-            sock.close()
-            raise
     rec.debug("connected", address=sockaddr[0], port=sockaddr[1])
     return stream
