@@ -14,9 +14,7 @@ say ``accept_any_host_key = true``: credentials never go to an unverified server
 
 from __future__ import annotations
 
-import asyncio
 import re
-import socket
 import time
 from dataclasses import dataclass
 from typing import Literal, Self
@@ -25,8 +23,8 @@ import asyncssh
 from asyncssh.public_key import get_public_key_algs
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from probed.probes.base import PROBE_IP_PROTOCOL, Env, Family, ProbeSpec, Reason, Settings, Target
-from probed.probes.stream import Address, StreamError, os_error, resolve
+from probed.probes.base import Env, Family, ProbeSpec, Reason, Settings, Target
+from probed.probes.stream import StreamError, connect_socket, os_error, resolve
 from probed.results import Recorder
 from probed.secrets import SecretError, SecretRef
 
@@ -298,26 +296,6 @@ def _credentials(settings: SSHConnectSettings, env: Env, rec: Recorder) -> _Cred
     return _Credentials(password, key)
 
 
-async def _connect_socket(address: Address, rec: Recorder) -> socket.socket:
-    family, sockaddr = address
-    rec.set(PROBE_IP_PROTOCOL, 6.0 if family == socket.AF_INET6 else 4.0)
-    with rec.phase("connect"):
-        try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:
-            raise os_error(exc, "creating a socket") from None
-        try:
-            sock.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(sock, sockaddr)
-        except OSError as exc:
-            sock.close()
-            raise os_error(exc, f"connecting to {sockaddr[0]} port {sockaddr[1]}") from None
-        except BaseException:
-            sock.close()
-            raise
-    return sock
-
-
 def _disconnect_reason(exc: asyncssh.Error, observer: _Observer) -> tuple[Reason, str]:
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         return Reason.SSH_HOST_KEY_MISMATCH, observer.mismatch or f"host key: {exc.reason}"
@@ -343,7 +321,7 @@ async def open_ssh(
         addresses = await resolve(
             target.host, port, rec, settings.ip_protocol, settings.ip_protocol_fallback
         )
-        sock = await _connect_socket(addresses[0], rec)
+        sock = await connect_socket(addresses[0], rec)
     except StreamError as exc:
         return rec.fail(exc.reason, exc.detail), None
     clock = PhaseClock(rec)

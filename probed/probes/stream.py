@@ -353,3 +353,25 @@ async def connect(address: Address, rec: Recorder, limit: int = 65536) -> Stream
             raise os_error(exc, f"connecting to {sockaddr[0]} port {sockaddr[1]}") from None
     rec.debug("connected", address=sockaddr[0], port=sockaddr[1])
     return stream
+
+
+async def connect_socket(address: Address, rec: Recorder) -> socket.socket:
+    """A connected non-blocking socket (phase ``connect``), for libraries that speak the
+    protocol themselves on a socket we hand them (asyncssh)."""
+    family, sockaddr = address
+    rec.set(PROBE_IP_PROTOCOL, 6.0 if family == socket.AF_INET6 else 4.0)
+    with rec.phase("connect"):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise os_error(exc, "creating a socket") from None
+        try:
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, sockaddr)
+        except OSError as exc:
+            sock.close()
+            raise os_error(exc, f"connecting to {sockaddr[0]} port {sockaddr[1]}") from None
+        except BaseException:
+            sock.close()
+            raise
+    return sock
