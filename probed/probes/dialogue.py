@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field
-
-from probed.probes.base import Env, Reason, Settings, Target
-from probed.probes.stream import Stream, StreamError, connect, resolve
-from probed.probes.tlsfacts import TLSSettings, handshake
+from probed.probes.base import Reason
+from probed.probes.stream import Stream, StreamError
 from probed.results import Recorder
-from probed.targets import parse_host_port
 
 StartTLS = Literal["smtp", "pop3", "imap", "ftp", "mysql", "postgres", "xmpp"]
 STARTTLS_PROTOCOLS: tuple[StartTLS, ...] = (
@@ -396,67 +391,3 @@ async def negotiate(
             await postgres(stream, rec)
         else:
             await xmpp(stream, rec, hostname)
-
-
-# -- sessions of the mail and FTP probes ----------------------------------------------------
-
-TLSMode = Literal["starttls", "opportunistic", "implicit", "none"]
-READ_LIMIT = 64 * 1024
-_ERROR_LINE = re.compile(r"^(?:[45]\d\d[ -]|-ERR|\S+ (?:NO|BAD) )")
-
-
-class SessionSettings(Settings):
-    """Connection settings the smtp, pop3, imap and ftp probes share.
-
-    ``tls``: ``starttls`` (upgrade required), ``opportunistic`` (upgrade when offered),
-    ``implicit`` (TLS from the first byte: 465, 995, 993, 990) or ``none``.
-    """
-
-    port: int | None = Field(default=None, ge=1, le=65535)
-    tls: TLSMode = "starttls"
-    tls_config: TLSSettings = Field(default_factory=TLSSettings)
-    ip_protocol: Literal["ip4", "ip6"] = "ip6"
-    ip_protocol_fallback: bool = True
-
-
-def target_parser(plain: int, implicit: int) -> Callable[[str, Any], Target]:
-    """``host[:port]`` whose default port follows the module's TLS mode."""
-
-    def parse(raw: str, settings: Any) -> Target:
-        port = settings.port or (implicit if settings.tls == "implicit" else plain)
-        return parse_host_port(raw, port)
-
-    return parse
-
-
-async def open_session(
-    host: str, port: int, settings: SessionSettings, rec: Recorder, env: Env
-) -> Stream:
-    """Resolve, connect and, for implicit TLS, handshake; raises StreamError."""
-    addresses = await resolve(host, port, rec, settings.ip_protocol, settings.ip_protocol_fallback)
-    stream = await connect(addresses[0], rec, READ_LIMIT)
-    if settings.tls == "implicit":
-        try:
-            await secure(stream, env, settings.tls_config, host, rec)
-        except BaseException:
-            stream.close()
-            raise
-    return stream
-
-
-async def secure(
-    stream: Stream, env: Env, tls_config: TLSSettings, host: str, rec: Recorder
-) -> None:
-    """The shared TLS handshake and facts (phase ``tls``); raises StreamError on failure.
-
-    A server that answers the ClientHello with a plaintext line (vsftpd's ``500 OOPS: ...``
-    when its TLS setup fails) gets a reason of its own rather than a bare handshake error.
-    """
-    if await handshake(stream, env, tls_config, host, rec):
-        return
-    line = plaintext_answer(stream)
-    if rec.reason is Reason.TLS_HANDSHAKE and line is not None:
-        # The handshake recorded the generic reason first; refine it with what we saw.
-        rec.reason = Reason.SERVER_ERROR if _ERROR_LINE.match(line) else Reason.NOT_TLS
-        rec.detail = f"plaintext answer to the TLS handshake: {line[:160]!r}"
-    raise StreamError(rec.reason, rec.detail)

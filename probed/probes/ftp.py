@@ -23,12 +23,21 @@ from pydantic import field_validator, model_validator
 from probed.durations import Duration
 from probed.probes import dialogue
 from probed.probes.base import Env, Family, ProbeSpec, Reason, Target
-from probed.probes.dialogue import Reply, SessionSettings
+from probed.probes.dialogue import Reply
+from probed.probes.session import (
+    READ_LIMIT,
+    Login,
+    SessionSettings,
+    connect_session,
+    run_session,
+    secure,
+    target_parser,
+)
 from probed.probes.stream import Stream, StreamError, os_error
 from probed.probes.tlsfacts import FAMILIES as TLS_FAMILIES
 from probed.probes.tlsfacts import context_for
 from probed.results import Recorder
-from probed.secrets import SecretError, SecretRef
+from probed.secrets import SecretRef
 
 PHASES = Family(
     "probe_ftp_duration_seconds",
@@ -145,9 +154,7 @@ class FTPSession:
                     raise
             else:
                 self.last_code = reply.code
-                await dialogue.secure(
-                    self.stream, self.env, self.settings.tls_config, host, self.rec
-                )
+                await secure(self.stream, self.env, self.settings.tls_config, host, self.rec)
                 self.auth_tls = True
 
     async def login(self, username: str, password: str) -> None:
@@ -261,7 +268,7 @@ async def _open_data(address: tuple[str, int]) -> Stream:
     try:
         sock.setblocking(False)
         await loop.sock_connect(sock, address)
-        _, stream = await loop.create_connection(lambda: Stream(dialogue.READ_LIMIT), sock=sock)
+        _, stream = await loop.create_connection(lambda: Stream(READ_LIMIT), sock=sock)
     except OSError as exc:
         sock.close()
         error = os_error(exc, f"data connection to port {address[1]}")
@@ -339,7 +346,7 @@ def _timestamp(year: int, month: int, day: int, hour: int, minute: int) -> float
         return None
 
 
-def credentials(settings: FTPSettings, env: Env) -> tuple[str, str] | None:
+def credentials(settings: FTPSettings, env: Env) -> Login:
     """(username, password); anonymous logins get a conventional address as password."""
     if settings.username is None:
         return None
@@ -354,16 +361,21 @@ async def open_ftp(
     """A greeted, secured and (with a username) logged-in session; raises StreamError or
     SecretError. The caller closes ``session.stream``."""
     login = credentials(settings, env)
-    stream = await dialogue.open_session(host, port, settings, rec, env)
-    session = FTPSession(stream, rec, env, settings)
-    try:
+
+    async def start(session: FTPSession) -> None:
         await session.open(host)
         if login is not None:
             await session.login(*login)
-    except BaseException:
-        stream.close()
-        raise
-    return session
+
+    return await connect_session(
+        host,
+        port,
+        settings,
+        rec,
+        env,
+        session=lambda stream: FTPSession(stream, rec, env, settings),
+        start=start,
+    )
 
 
 async def list_in_session(
@@ -413,34 +425,27 @@ def newest_file(entries: list[FTPEntry]) -> FTPEntry | None:
 
 
 async def probe(target: Target, settings: FTPSettings, rec: Recorder, env: Env) -> bool:
-    assert target.port is not None
-    try:
-        login = credentials(settings, env)
-    except SecretError as exc:
-        return rec.fail(Reason.SECRET_UNAVAILABLE, str(exc))
-    try:
-        stream = await dialogue.open_session(target.host, target.port, settings, rec, env)
-    except StreamError as exc:
-        return rec.fail(exc.reason, exc.detail)
-    session = FTPSession(stream, rec, env, settings)
-    with stream:
-        try:
-            await session.open(target.host)
-            if login is not None:
-                await session.login(*login)
-                with rec.phase("transaction"):
-                    await session.pwd()
-            if settings.directory is not None:
-                with rec.phase("list"):
-                    entries = await list_in_session(session, target.host, settings.directory)
-                if not _record_listing(entries, settings, rec):
-                    return False
-        except StreamError as exc:
-            return rec.fail(exc.reason, exc.detail)
-        finally:
-            session.record()
-        session.quit()
-    return True
+    async def converse(session: FTPSession, login: Login) -> bool:
+        await session.open(target.host)
+        if login is not None:
+            await session.login(*login)
+            with rec.phase("transaction"):
+                await session.pwd()
+        if settings.directory is None:
+            return True
+        with rec.phase("list"):
+            entries = await list_in_session(session, target.host, settings.directory)
+        return _record_listing(entries, settings, rec)
+
+    return await run_session(
+        target,
+        settings,
+        rec,
+        env,
+        login=lambda: credentials(settings, env),
+        session=lambda stream: FTPSession(stream, rec, env, settings),
+        converse=converse,
+    )
 
 
 def _record_listing(entries: list[FTPEntry], settings: FTPSettings, rec: Recorder) -> bool:
@@ -471,5 +476,5 @@ SPEC = ProbeSpec(
     phase_family=PHASES,
     families=FAMILIES,
     default_port=21,
-    parse_target=dialogue.target_parser(21, 990),
+    parse_target=target_parser(21, 990),
 )

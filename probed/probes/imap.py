@@ -10,11 +10,19 @@ from pydantic import field_validator, model_validator
 
 from probed.probes import dialogue
 from probed.probes.base import Env, Family, ProbeSpec, Reason, Target
-from probed.probes.dialogue import SessionSettings
+from probed.probes.session import (
+    Login,
+    SessionSettings,
+    connect_session,
+    run_session,
+    secret_login,
+    secure,
+    target_parser,
+)
 from probed.probes.stream import Stream, StreamError
 from probed.probes.tlsfacts import FAMILIES as TLS_FAMILIES
 from probed.results import Recorder
-from probed.secrets import SecretError, SecretRef
+from probed.secrets import SecretRef
 
 PHASES = Family(
     "probe_imap_duration_seconds",
@@ -110,7 +118,7 @@ class IMAPSession:
             self._tag += 1
             with self.rec.phase("starttls"):
                 await dialogue.imap_starttls(self.stream, f"p{self._tag}")
-            await dialogue.secure(self.stream, env, settings.tls_config, host, self.rec)
+            await secure(self.stream, env, settings.tls_config, host, self.rec)
             self.starttls = True
             self.capabilities = set()
             await self.capability()
@@ -165,7 +173,7 @@ class IMAPSession:
         if status != "OK":
             raise StreamError(Reason.MAILBOX_UNAVAILABLE, f"delete: {status} {text[:160]}")
 
-    def logout(self) -> None:
+    def quit(self) -> None:
         with contextlib.suppress(StreamError):
             self.stream.write(b"z LOGOUT\r\n")
 
@@ -174,10 +182,8 @@ class IMAPSession:
         self.rec.set(SSL, 1.0 if self.stream.tls is not None else 0.0)
 
 
-def credentials(settings: IMAPSettings, env: Env) -> tuple[str, str] | None:
-    if settings.username is None or settings.password is None:
-        return None
-    return settings.username, env.secrets.resolve(settings.password).reveal()
+def credentials(settings: IMAPSettings, env: Env) -> Login:
+    return secret_login(settings.username, settings.password, env)
 
 
 async def connect_and_login(
@@ -186,44 +192,37 @@ async def connect_and_login(
     """A greeted (and, with credentials, logged-in) session; raises StreamError or
     SecretError. The caller closes ``session.stream``."""
     login = credentials(settings, env)
-    stream = await dialogue.open_session(host, port, settings, rec, env)
-    session = IMAPSession(stream, rec)
-    try:
+
+    async def start(session: IMAPSession) -> None:
         await session.open(settings, env, host)
         if login is not None:
             await session.login(*login)
-    except BaseException:
-        stream.close()
-        raise
-    return session
+
+    return await connect_session(
+        host, port, settings, rec, env, session=lambda s: IMAPSession(s, rec), start=start
+    )
 
 
 async def probe(target: Target, settings: IMAPSettings, rec: Recorder, env: Env) -> bool:
-    assert target.port is not None
-    try:
-        login = credentials(settings, env)
-    except SecretError as exc:
-        return rec.fail(Reason.SECRET_UNAVAILABLE, str(exc))
-    try:
-        stream = await dialogue.open_session(target.host, target.port, settings, rec, env)
-    except StreamError as exc:
-        return rec.fail(exc.reason, exc.detail)
-    session = IMAPSession(stream, rec)
-    with stream:
-        try:
-            await session.open(settings, env, target.host)
-            if login is not None:
-                await session.login(*login)
-                with rec.phase("transaction"):
-                    counts = await session.open_mailbox(settings.mailbox, readonly=True)
-                rec.set(MESSAGES, float(counts.get("EXISTS", 0)))
-                rec.set(RECENT, float(counts.get("RECENT", 0)))
-        except StreamError as exc:
-            return rec.fail(exc.reason, exc.detail)
-        finally:
-            session.record()
-        session.logout()
-    return True
+    async def converse(session: IMAPSession, login: Login) -> bool:
+        await session.open(settings, env, target.host)
+        if login is not None:
+            await session.login(*login)
+            with rec.phase("transaction"):
+                counts = await session.open_mailbox(settings.mailbox, readonly=True)
+            rec.set(MESSAGES, float(counts.get("EXISTS", 0)))
+            rec.set(RECENT, float(counts.get("RECENT", 0)))
+        return True
+
+    return await run_session(
+        target,
+        settings,
+        rec,
+        env,
+        login=lambda: credentials(settings, env),
+        session=lambda stream: IMAPSession(stream, rec),
+        converse=converse,
+    )
 
 
 SPEC = ProbeSpec(
@@ -233,5 +232,5 @@ SPEC = ProbeSpec(
     phase_family=PHASES,
     families=FAMILIES,
     default_port=143,
-    parse_target=dialogue.target_parser(143, 993),
+    parse_target=target_parser(143, 993),
 )

@@ -16,12 +16,12 @@ from typing import Any, Self
 from pydantic import Field, field_validator, model_validator
 
 from probed.durations import Duration, format_duration
-from probed.probes import dialogue
 from probed.probes.base import Env, Family, ProbeSpec, Reason, Settings, Target
 from probed.probes.imap import IMAPSession, IMAPSettings
 from probed.probes.imap import connect_and_login as imap_login
 from probed.probes.pop3 import POP3Session, POP3Settings
 from probed.probes.pop3 import connect_and_login as pop3_login
+from probed.probes.session import open_session
 from probed.probes.smtp import SMTPSession, SMTPSettings
 from probed.probes.smtp import credentials as smtp_credentials
 from probed.probes.stream import StreamError
@@ -119,7 +119,7 @@ async def submit(
     """One SMTP session delivering ``message``; raises StreamError or SecretError."""
     assert target.port is not None
     login = smtp_credentials(settings.smtp, env)
-    stream = await dialogue.open_session(target.host, target.port, settings.smtp, rec, env)
+    stream = await open_session(target.host, target.port, settings.smtp, rec, env)
     with stream:
         session = SMTPSession(stream, rec)
         await session.open(
@@ -148,7 +148,7 @@ class Found:
     async def delete(self) -> None:
         if isinstance(self.session, IMAPSession):
             await self.session.delete(self.ref)
-            self.session.logout()
+            self.session.quit()
         else:
             await self.session.delete(self.ref[0])
             await self.session.commit()
@@ -169,7 +169,7 @@ async def poll(
             raise
         if uids:
             return Found(imap, uids)
-        imap.logout()
+        imap.quit()
         imap.stream.close()
         return None
     assert settings.pop3 is not None

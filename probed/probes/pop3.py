@@ -9,11 +9,19 @@ from pydantic import model_validator
 
 from probed.probes import dialogue
 from probed.probes.base import Env, Family, ProbeSpec, Reason, Target
-from probed.probes.dialogue import SessionSettings
+from probed.probes.session import (
+    Login,
+    SessionSettings,
+    connect_session,
+    run_session,
+    secret_login,
+    secure,
+    target_parser,
+)
 from probed.probes.stream import Stream, StreamError
 from probed.probes.tlsfacts import FAMILIES as TLS_FAMILIES
 from probed.results import Recorder
-from probed.secrets import SecretError, SecretRef
+from probed.secrets import SecretRef
 
 PHASES = Family(
     "probe_pop3_duration_seconds",
@@ -79,7 +87,7 @@ class POP3Session:
             if offered:
                 with self.rec.phase("starttls"):
                     await dialogue.pop3_stls(self.stream)
-                await dialogue.secure(self.stream, env, settings.tls_config, host, self.rec)
+                await secure(self.stream, env, settings.tls_config, host, self.rec)
                 self.stls = True
                 await self.capa()
 
@@ -134,10 +142,8 @@ class POP3Session:
         self.rec.set(SSL, 1.0 if self.stream.tls is not None else 0.0)
 
 
-def credentials(settings: POP3Settings, env: Env) -> tuple[str, str] | None:
-    if settings.username is None or settings.password is None:
-        return None
-    return settings.username, env.secrets.resolve(settings.password).reveal()
+def credentials(settings: POP3Settings, env: Env) -> Login:
+    return secret_login(settings.username, settings.password, env)
 
 
 async def connect_and_login(
@@ -146,44 +152,37 @@ async def connect_and_login(
     """A greeted (and, with credentials, logged-in) session; raises StreamError or
     SecretError. The caller closes ``session.stream``."""
     login = credentials(settings, env)
-    stream = await dialogue.open_session(host, port, settings, rec, env)
-    session = POP3Session(stream, rec)
-    try:
+
+    async def start(session: POP3Session) -> None:
         await session.open(settings, env, host)
         if login is not None:
             await session.login(*login)
-    except BaseException:
-        stream.close()
-        raise
-    return session
+
+    return await connect_session(
+        host, port, settings, rec, env, session=lambda s: POP3Session(s, rec), start=start
+    )
 
 
 async def probe(target: Target, settings: POP3Settings, rec: Recorder, env: Env) -> bool:
-    assert target.port is not None
-    try:
-        login = credentials(settings, env)
-    except SecretError as exc:
-        return rec.fail(Reason.SECRET_UNAVAILABLE, str(exc))
-    try:
-        stream = await dialogue.open_session(target.host, target.port, settings, rec, env)
-    except StreamError as exc:
-        return rec.fail(exc.reason, exc.detail)
-    session = POP3Session(stream, rec)
-    with stream:
-        try:
-            await session.open(settings, env, target.host)
-            if login is not None:
-                await session.login(*login)
-                with rec.phase("transaction"):
-                    count, size = await session.stat()
-                rec.set(MESSAGES, float(count))
-                rec.set(MAILBOX_SIZE, float(size))
-        except StreamError as exc:
-            return rec.fail(exc.reason, exc.detail)
-        finally:
-            session.record()
-        session.quit()
-    return True
+    async def converse(session: POP3Session, login: Login) -> bool:
+        await session.open(settings, env, target.host)
+        if login is not None:
+            await session.login(*login)
+            with rec.phase("transaction"):
+                count, size = await session.stat()
+            rec.set(MESSAGES, float(count))
+            rec.set(MAILBOX_SIZE, float(size))
+        return True
+
+    return await run_session(
+        target,
+        settings,
+        rec,
+        env,
+        login=lambda: credentials(settings, env),
+        session=lambda stream: POP3Session(stream, rec),
+        converse=converse,
+    )
 
 
 SPEC = ProbeSpec(
@@ -193,5 +192,5 @@ SPEC = ProbeSpec(
     phase_family=PHASES,
     families=FAMILIES,
     default_port=110,
-    parse_target=dialogue.target_parser(110, 995),
+    parse_target=target_parser(110, 995),
 )

@@ -17,11 +17,19 @@ from pydantic import field_validator, model_validator
 
 from probed.probes import dialogue
 from probed.probes.base import Env, Family, ProbeSpec, Reason, Target
-from probed.probes.dialogue import Reply, SessionSettings
+from probed.probes.dialogue import Reply
+from probed.probes.session import (
+    Login,
+    SessionSettings,
+    run_session,
+    secret_login,
+    secure,
+    target_parser,
+)
 from probed.probes.stream import Stream, StreamError
 from probed.probes.tlsfacts import FAMILIES as TLS_FAMILIES
 from probed.results import Recorder
-from probed.secrets import SecretError, SecretRef
+from probed.secrets import SecretRef
 
 PHASES = Family(
     "probe_smtp_duration_seconds",
@@ -167,7 +175,7 @@ class SMTPSession:
             with self.rec.phase("starttls"):
                 reply = await dialogue.smtp_starttls(self.stream, self.extensions)
             self.last_code = reply.code
-            await dialogue.secure(self.stream, env, settings.tls_config, host, self.rec)
+            await secure(self.stream, env, settings.tls_config, host, self.rec)
             self.starttls = True
             # RFC 3207: forget what the server said before TLS and ask again.
             await self.ehlo(settings.ehlo_name)
@@ -249,40 +257,31 @@ def dot_stuff(message: bytes) -> bytes:
     return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
 
 
-def credentials(settings: SMTPSettings, env: Env) -> tuple[str, str] | None:
-    """(username, password) or None; raises SecretError naming the source, never a value."""
-    if settings.username is None or settings.password is None:
-        return None
-    return settings.username, env.secrets.resolve(settings.password).reveal()
+def credentials(settings: SMTPSettings, env: Env) -> Login:
+    return secret_login(settings.username, settings.password, env)
 
 
 async def probe(target: Target, settings: SMTPSettings, rec: Recorder, env: Env) -> bool:
-    assert target.port is not None
-    try:
-        login = credentials(settings, env)
-    except SecretError as exc:
-        return rec.fail(Reason.SECRET_UNAVAILABLE, str(exc))
-    try:
-        stream = await dialogue.open_session(target.host, target.port, settings, rec, env)
-    except StreamError as exc:
-        return rec.fail(exc.reason, exc.detail)
-    session = SMTPSession(stream, rec)
-    with stream:
-        try:
-            await _converse(session, target, settings, login, env)
-        except StreamError as exc:
-            return rec.fail(exc.reason, exc.detail)
-        finally:
-            session.record()
-        session.quit()
-    return True
+    async def converse(session: SMTPSession, login: Login) -> bool:
+        await _converse(session, target, settings, login, env)
+        return True
+
+    return await run_session(
+        target,
+        settings,
+        rec,
+        env,
+        login=lambda: credentials(settings, env),
+        session=lambda stream: SMTPSession(stream, rec),
+        converse=converse,
+    )
 
 
 async def _converse(
     session: SMTPSession,
     target: Target,
     settings: SMTPSettings,
-    login: tuple[str, str] | None,
+    login: Login,
     env: Env,
 ) -> None:
     await session.open(settings, env, target.host, tls_done=settings.tls == "implicit")
@@ -315,5 +314,5 @@ SPEC = ProbeSpec(
     phase_family=PHASES,
     families=FAMILIES,
     default_port=25,
-    parse_target=dialogue.target_parser(25, 465),
+    parse_target=target_parser(25, 465),
 )
