@@ -15,6 +15,8 @@ from probed.probes.base import Reason
 from probed.results import Outcome
 from probed.runner import execute
 from tests.helpers import job
+from tests.servers.fixtures import StartServer
+from tests.servers.nginx import VirtualHost, run_nginx
 from tests.servers.sshd import SshdServer
 from tests.servers.vsftpd import VsftpdServer
 
@@ -127,3 +129,33 @@ async def test_newest_backup_over_ftp(
     facts = _facts(outcome)
     assert facts["probe_backup_files"] >= 1
     assert facts["probe_backup_age_seconds"] < HOUR
+
+
+async def test_http_source_reads_last_modified_from_nginx(
+    tmp_path: Path, env: Resources, start_server: StartServer
+) -> None:
+    nginx = start_server(
+        run_nginx(
+            tls=False,
+            vhosts=(VirtualHost("localhost", return_status=None),),
+            static_files={"nightly/db.sql.gz": b"x" * 5000},
+        )
+    )
+    stamp = time.time() - 2 * HOUR
+    os.utime(nginx.www_dir / "nightly" / "db.sql.gz", (stamp, stamp))
+    base = f"http://127.0.0.1:{nginx.http_port}/nightly"
+
+    fresh = {"probe": "backup", "source": "http", "max_age": "3h", "min_size": 4000}
+    outcome = await execute(job(tmp_path, fresh, f"{base}/db.sql.gz"), env)
+    assert outcome.success, outcome.detail
+    facts = _facts(outcome)
+    assert abs(facts["probe_backup_age_seconds"] - 2 * HOUR) < 60
+    assert facts["probe_backup_size_bytes"] == 5000
+    assert facts["probe_http_status_code"] == 200
+
+    old = {**fresh, "max_age": "1h"}
+    outcome = await execute(job(tmp_path, old, f"{base}/db.sql.gz"), env)
+    assert outcome.reason is Reason.BACKUP_TOO_OLD
+
+    outcome = await execute(job(tmp_path, fresh, f"{base}/missing.sql.gz"), env)
+    assert outcome.reason is Reason.BACKUP_MISSING, outcome.detail

@@ -1,10 +1,10 @@
 """``backup``: the newest file matching ``pattern`` in ``directory`` is fresh and big enough.
 
 The listing comes from a source, one small function each: ``sftp`` (through the ssh probe's
-connection code) and ``ftp`` (through the ftp probe's ``list_directory``). Every source
-yields the same ``BackupFile`` entries, so the judgement is written once. An ``http``
-source (a ``Last-Modified`` of one URL) needs a reusable HEAD request from the http probe
-and is not available yet.
+connection code), ``ftp`` (through the ftp probe's ``list_directory``) and ``http`` (the
+http probe itself, by default a HEAD of one URL, whose ``Last-Modified`` and
+``Content-Length`` describe the one file). Every source yields the same ``BackupFile``
+entries, so the judgement is written once.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, Self
 
 import asyncssh
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from probed.durations import Duration
+from probed.probes import http
 from probed.probes.base import Env, Family, ProbeSpec, Reason, Settings, Target
 from probed.probes.ftp import FTPSettings, list_directory
-from probed.probes.http import ByteSize
+from probed.probes.http import ByteSize, HTTPSettings
 from probed.probes.ssh import SSHConnectSettings, open_ssh
 from probed.probes.stream import StreamError
 from probed.results import Recorder
@@ -50,8 +51,8 @@ class BackupFile:
 
 
 class BackupSettings(Settings):
-    source: Literal["sftp", "ftp"] = "sftp"
-    directory: str = Field(min_length=1)
+    source: Literal["sftp", "ftp", "http"] = "sftp"
+    directory: str | None = Field(default=None, min_length=1)
     pattern: str = Field(default="*", min_length=1)
     max_age: Duration
     min_size: ByteSize = 1
@@ -59,22 +60,40 @@ class BackupSettings(Settings):
     port: int | None = Field(default=None, ge=1, le=65535)
     sftp: SSHConnectSettings | None = None
     ftp: FTPSettings | None = None
+    http: HTTPSettings = Field(default_factory=lambda: HTTPSettings(method="HEAD"))
+
+    @field_validator("http", mode="before")
+    @classmethod
+    def _head_by_default(cls, value: object) -> object:
+        # A GET would download the whole backup; the headers are all we need.
+        if isinstance(value, dict) and "method" not in value:
+            return {**value, "method": "HEAD"}
+        return value
 
     @model_validator(mode="after")
     def _source_table(self) -> Self:
         if self.source == "sftp":
             if self.sftp is None or not self.sftp.login:
                 raise ValueError('source "sftp" needs an [sftp] table with "username" and a secret')
-        elif self.ftp is None or self.ftp.username is None:
+        elif self.source == "ftp" and (self.ftp is None or self.ftp.username is None):
             raise ValueError('source "ftp" needs an [ftp] table with "username"')
-        other = "ftp" if self.source == "sftp" else "sftp"
-        if getattr(self, other) is not None:
-            raise ValueError(f'"{other}" table given but source is "{self.source}"')
+        for other in ("sftp", "ftp"):
+            if other != self.source and getattr(self, other) is not None:
+                raise ValueError(f'"{other}" table given but source is "{self.source}"')
+        if (self.source == "http") != (self.directory is None):
+            raise ValueError(
+                'source "http" takes the file\'s URL as the target and no "directory"'
+                if self.source == "http"
+                else f'source "{self.source}" needs a "directory"'
+            )
         return self
 
 
 def parse_target(raw: str, settings: Any) -> Target:
     assert isinstance(settings, BackupSettings)
+    if settings.source == "http":
+        # The file's URL, optionally "via SERVER", exactly as the http probe reads it.
+        return http.parse_target(raw, settings.http)
     if settings.port is not None:
         return parse_host_port(raw, settings.port)
     if settings.source == "ftp":
@@ -109,6 +128,7 @@ async def _list_sftp(
 
 async def _scan(conn: asyncssh.SSHClientConnection, settings: BackupSettings) -> list[BackupFile]:
     """Matching regular files of the directory; StreamError with the reason otherwise."""
+    assert settings.directory is not None
     files: list[BackupFile] = []
     try:
         async with conn.start_sftp_client() as sftp:
@@ -143,6 +163,7 @@ async def _list_ftp(
     target: Target, settings: BackupSettings, rec: Recorder, env: Env
 ) -> list[BackupFile] | None:
     assert settings.ftp is not None
+    assert settings.directory is not None
     assert target.port is not None
     try:
         entries = await list_directory(
@@ -167,7 +188,29 @@ async def _list_ftp(
     ]
 
 
-LISTERS: dict[str, Lister] = {"sftp": _list_sftp, "ftp": _list_ftp}
+async def _list_http(
+    target: Target, settings: BackupSettings, rec: Recorder, env: Env
+) -> list[BackupFile] | None:
+    """The http probe's own run (status, redirects, TLS facts, its metrics) on the file's
+    URL; the response's Last-Modified and Content-Length describe the file."""
+    with rec.phase("list"):
+        ok = await http.probe(target, settings.http, rec, env)
+    if not ok:
+        if rec.reason is Reason.HTTP_STATUS:
+            rec.reason = Reason.BACKUP_MISSING
+        return None
+    facts = {family: value for family, _, value in rec.samples}
+    length = facts.get(http.CONTENT_LENGTH, -1.0)
+    return [
+        BackupFile(
+            name=target.raw,
+            size=int(length) if length >= 0 else None,
+            mtime=facts.get(http.LAST_MODIFIED),
+        )
+    ]
+
+
+LISTERS: dict[str, Lister] = {"sftp": _list_sftp, "ftp": _list_ftp, "http": _list_http}
 
 
 def judge(files: list[BackupFile], settings: BackupSettings, rec: Recorder, now: float) -> bool:
@@ -175,7 +218,11 @@ def judge(files: list[BackupFile], settings: BackupSettings, rec: Recorder, now:
     rec.set(FILES, float(len(files)))
     dated = [f for f in files if f.mtime is not None]
     if not dated:
-        where = f"{settings.directory}/{settings.pattern}"
+        where = (
+            f"{settings.directory}/{settings.pattern}"
+            if settings.directory is not None
+            else "the URL (no Last-Modified)"
+        )
         return rec.fail(Reason.BACKUP_MISSING, f"no file matches {where}")
     newest = max(dated, key=lambda f: f.mtime or 0.0)
     assert newest.mtime is not None
