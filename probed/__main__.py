@@ -145,8 +145,20 @@ def _scan(args: argparse.Namespace) -> int:
         return runner.run(env.closing(run_scan(jobs, env, request)))
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives `scan`'s hosts their slot at the first positional, so hosts written
+    # after an option (`scan heartbleed --set starttls=smtp mx1:25`) come back as extras.
+    if args.command == "scan" and not any(e.startswith("-") for e in extra):
+        args.hosts = [*args.hosts, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     # The probe command's own log goes into its report; only the daemon logs to stdout.
     quiet = args.command in {"probe", "scan"}
     log.configure("warning" if quiet else args.log_level, args.log_format)

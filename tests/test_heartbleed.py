@@ -207,8 +207,9 @@ async def test_scan_finds_the_vulnerable_ones(tmp_path: Path) -> None:
         assert rows[f"127.0.0.1:{good}"]["verdict"] == "ok"
         assert rows[f"127.0.0.1:{good}"]["response"] == "alert"
 
+        # Hosts may follow options.
         code, out, _ = await _scan(
-            "heartbleed", f"127.0.0.1:{bad_smtp}", "--set", "starttls=smtp", "--format", "csv"
+            "heartbleed", "--set", "starttls=smtp", f"127.0.0.1:{bad_smtp}", "--format", "csv"
         )
         assert code == 1
         assert out.splitlines()[0].startswith("target,verdict,reason")
