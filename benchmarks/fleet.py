@@ -11,11 +11,26 @@ printed; the process then serves until SIGTERM/SIGINT or ``--max-seconds``.
 Kinds (``FLEET_KINDS``):
 - ``banner``: sends ``SSH-2.0-OpenSSH_9.2p1 fleet\\r\\n`` on accept, then closes
   when the client closes or after ``--hold`` seconds.
-- To add ``http`` or ``tls``: write an ``asyncio.Protocol`` (e.g. one canned
-  ``HTTP/1.1 200`` reply per request), give it a ``FleetKind`` with an
-  ``ssl_context`` factory for ``tls`` (a trustme CA made at start-up, its PEM path
-  written into the target list under ``extra``), and register it below. The
-  target-list format and the benchmark harness need no change.
+- ``http``: reads one request head (up to the blank line), answers one canned
+  ``HTTP/1.1 200 OK`` with ``Content-Length`` and ``Connection: close``, and closes.
+- ``tls``: the same HTTP protocol behind TLS. A trustme CA and one leaf for
+  ``localhost`` (``--tls-key ecdsa``: P-256, the default; ``rsa``: RSA 2048) are made
+  at start-up, the same certificate for every listener; the CA's PEM path and the
+  server name go into the target list under ``extra``. A TLS handshake probe
+  connects, handshakes and closes without a request; an HTTPS GET gets the reply.
+  The server sends no TLS 1.3 session tickets (``num_tickets = 0``): no client here
+  resumes, and a ticket written after the client has gone only costs a reset.
+
+- ``smtp``, ``pop3``, ``imap``: scripted plaintext mail dialogues (no TLS, no login):
+  a greeting (``220 ... ESMTP``, ``+OK``, ``* OK``), then one canned answer per command
+  line (EHLO/HELO, CAPA, CAPABILITY, NOOP; QUIT/LOGOUT answer and close; anything else
+  an error reply), enough for the smtp, pop3 and imap probes with ``tls = "none"``.
+
+``--first-host`` moves the whole fleet to another 127.x range, so fleets of several
+kinds (``bench_scale.py`` runs six) and other benchmarks can run side by side.
+
+To add a kind: write an ``asyncio.Protocol``, give it a ``FleetKind`` (with a
+``tls`` factory if it speaks TLS) and register it in ``FLEET_KINDS``.
 """
 
 from __future__ import annotations
@@ -34,11 +49,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import uvloop
 
 BANNER = b"SSH-2.0-OpenSSH_9.2p1 fleet\r\n"
+HTTP_BODY = b"ok\n"
+HTTP_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: " + str(len(HTTP_BODY)).encode() + b"\r\n"
+    b"Connection: close\r\n"
+    b"\r\n" + HTTP_BODY
+)
+HTTP_HEAD_LIMIT = 16384  # a request head longer than this gets no answer, just a close
+TLS_SERVER_NAME = "localhost"
 FIRST_HOST = ipaddress.IPv4Address("127.1.0.1")
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
@@ -48,12 +73,16 @@ class FleetCounters:
     accepted: int = 0
     closed_by_peer: int = 0
     closed_by_hold: int = 0
+    answered: int = 0  # http/tls: requests answered
+    lost_with_error: int = 0  # connection_lost with an exception (resets, TLS errors)
 
 
 @dataclass(frozen=True, slots=True)
 class FleetSettings:
     hold: float  # seconds a connection may stay open before the fleet closes it
     counters: FleetCounters = field(default_factory=FleetCounters)
+    tls_key: str = "ecdsa"  # tls kind: "ecdsa" (P-256) or "rsa" (2048)
+    run_dir: Path = Path()  # where the tls kind writes its CA and leaf
 
 
 class BannerProtocol(asyncio.Protocol):
@@ -92,13 +121,212 @@ class BannerProtocol(asyncio.Protocol):
         self._transport = None
 
 
+class HttpProtocol(asyncio.Protocol):
+    """One canned ``HTTP/1.1 200 OK`` per connection, then close (``Connection: close``).
+
+    Over TLS, ``connection_made`` runs after the handshake; a client that only
+    handshakes closes without a request, which ends here as EOF or a lost connection.
+    """
+
+    __slots__ = ("_head", "_settings", "_timer", "_transport")
+
+    def __init__(self, settings: FleetSettings) -> None:
+        self._settings = settings
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._head = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._settings.counters.accepted += 1
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._settings.hold, self._hold_expired)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._head += data
+        if b"\r\n\r\n" in self._head:
+            self._settings.counters.answered += 1
+            transport.write(HTTP_RESPONSE)
+            transport.close()  # flushes the reply first
+        elif len(self._head) > HTTP_HEAD_LIMIT:
+            transport.close()
+
+    def eof_received(self) -> bool:
+        self._settings.counters.closed_by_peer += 1
+        return False
+
+    def _hold_expired(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._settings.counters.closed_by_hold += 1
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._settings.counters.lost_with_error += 1
+        if self._timer is not None:
+            self._timer.cancel()
+        self._transport = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dialogue:
+    """A scripted line protocol: the greeting, canned replies by command, how to end."""
+
+    greeting: bytes
+    replies: dict[str, bytes]  # upper-case command word -> reply ("{tag}" for IMAP tags)
+    closing: frozenset[str]  # commands whose reply is followed by a close
+    error: bytes
+    tagged: bool = False  # IMAP: "TAG COMMAND ..."
+
+
+SMTP_DIALOGUE = Dialogue(
+    greeting=b"220 fleet.example ESMTP Exim 4.96 ready\r\n",
+    replies={
+        "EHLO": b"250-fleet.example Hello\r\n250-SIZE 52428800\r\n250-8BITMIME\r\n"
+        b"250-PIPELINING\r\n250 HELP\r\n",
+        "HELO": b"250 fleet.example Hello\r\n",
+        "NOOP": b"250 OK\r\n",
+        "RSET": b"250 Reset OK\r\n",
+        "QUIT": b"221 fleet.example closing connection\r\n",
+    },
+    closing=frozenset({"QUIT"}),
+    error=b"500 unrecognized command\r\n",
+)
+POP3_DIALOGUE = Dialogue(
+    greeting=b"+OK Dovecot ready.\r\n",
+    replies={
+        "CAPA": b"+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nUSER\r\n.\r\n",
+        "NOOP": b"+OK\r\n",
+        "QUIT": b"+OK Logging out.\r\n",
+    },
+    closing=frozenset({"QUIT"}),
+    error=b"-ERR Unknown command.\r\n",
+)
+IMAP_DIALOGUE = Dialogue(
+    greeting=b"* OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE AUTH=PLAIN] "
+    b"Dovecot ready.\r\n",
+    replies={
+        "CAPABILITY": b"* CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE AUTH=PLAIN\r\n"
+        b"{tag} OK Capability completed.\r\n",
+        "NOOP": b"{tag} OK NOOP completed.\r\n",
+        "LOGOUT": b"* BYE Logging out\r\n{tag} OK Logout completed.\r\n",
+    },
+    closing=frozenset({"LOGOUT"}),
+    error=b"{tag} BAD Error in IMAP command.\r\n",
+    tagged=True,
+)
+DIALOGUE_LINE_LIMIT = 4096  # a longer line gets no answer, just a close
+
+
+class DialogueProtocol(asyncio.Protocol):
+    """Greets, then answers each command line from a ``Dialogue``; closes after the
+    closing command, on EOF, on an over-long line or after hold."""
+
+    __slots__ = ("_buf", "_dialogue", "_settings", "_timer", "_transport")
+
+    def __init__(self, settings: FleetSettings, dialogue: Dialogue) -> None:
+        self._settings = settings
+        self._dialogue = dialogue
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = stream = cast(asyncio.Transport, transport)
+        self._settings.counters.accepted += 1
+        stream.write(self._dialogue.greeting)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._settings.hold, self._hold_expired)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._buf += data
+        while b"\n" in self._buf:  # bounded: each pass consumes one line
+            line, _, self._buf = self._buf.partition(b"\n")
+            if not self._answer(transport, line.decode("latin-1").strip()):
+                return
+        if len(self._buf) > DIALOGUE_LINE_LIMIT:
+            transport.close()
+
+    def _answer(self, transport: asyncio.Transport, line: str) -> bool:
+        """Reply to one command line; False once the connection is closing."""
+        d = self._dialogue
+        words = line.split()
+        tag = words.pop(0) if d.tagged and words else "*"
+        command = words[0].upper() if words else ""
+        reply = d.replies.get(command, d.error)
+        transport.write(reply.replace(b"{tag}", tag.encode()) if d.tagged else reply)
+        if command in d.closing:
+            self._settings.counters.answered += 1
+            transport.close()
+            return False
+        return True
+
+    def eof_received(self) -> bool:
+        self._settings.counters.closed_by_peer += 1
+        return False
+
+    def _hold_expired(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._settings.counters.closed_by_hold += 1
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._settings.counters.lost_with_error += 1
+        if self._timer is not None:
+            self._timer.cancel()
+        self._transport = None
+
+
+def dialogue_kind(dialogue: Dialogue) -> Callable[[FleetSettings], asyncio.Protocol]:
+    def protocol(settings: FleetSettings) -> asyncio.Protocol:
+        return DialogueProtocol(settings, dialogue)
+
+    return protocol
+
+
+def no_tls(settings: FleetSettings) -> tuple[ssl.SSLContext | None, dict[str, Any]]:
+    del settings
+    return None, {}
+
+
+def trustme_tls(settings: FleetSettings) -> tuple[ssl.SSLContext | None, dict[str, Any]]:
+    """A server context from a fresh trustme CA; its CA PEM is written for the clients."""
+    import trustme  # noqa: PLC0415 (only the tls kind needs it)
+
+    key_type = trustme.KeyType.RSA if settings.tls_key == "rsa" else trustme.KeyType.ECDSA
+    ca = trustme.CA(key_type=key_type)
+    leaf = ca.issue_cert(TLS_SERVER_NAME, key_type=key_type)
+    ca_path = settings.run_dir / "fleet-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    chain_path = settings.run_dir / "fleet-leaf.pem"
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(chain_path))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(chain_path))
+    ctx.num_tickets = 0  # no client resumes; see the module docstring
+    extra = {
+        "ca_file": str(ca_path.resolve()),
+        "server_name": TLS_SERVER_NAME,
+        "key_type": "ECDSA P-256" if key_type is trustme.KeyType.ECDSA else "RSA 2048",
+        "leaf_file": str(chain_path.resolve()),
+    }
+    return ctx, extra
+
+
 @dataclass(frozen=True, slots=True)
 class FleetKind:
     """What one kind of listener speaks, and how it is set up."""
 
     name: str
     protocol: Callable[[FleetSettings], asyncio.Protocol]
-    ssl_context: Callable[[], ssl.SSLContext | None] = lambda: None
+    # The server's TLS context (None: plain TCP) and what clients must know (``extra``).
+    tls: Callable[[FleetSettings], tuple[ssl.SSLContext | None, dict[str, Any]]] = no_tls
     description: str = ""
 
 
@@ -108,17 +336,46 @@ FLEET_KINDS: dict[str, FleetKind] = {
         protocol=BannerProtocol,
         description="SSH-like banner on accept, close on client EOF or after hold",
     ),
-    # "http": FleetKind("http", HttpProtocol, description="HTTP/1.1 200 with a small body"),
-    # "tls": FleetKind("tls", HttpProtocol, ssl_context=make_trustme_context, ...),
+    "http": FleetKind(
+        name="http",
+        protocol=HttpProtocol,
+        description="one canned HTTP/1.1 200 (Content-Length, Connection: close), then close",
+    ),
+    "tls": FleetKind(
+        name="tls",
+        protocol=HttpProtocol,
+        tls=trustme_tls,
+        description="TLS (trustme CA, one leaf for localhost), then the http kind's reply",
+    ),
+    "smtp": FleetKind(
+        name="smtp",
+        protocol=dialogue_kind(SMTP_DIALOGUE),
+        description="scripted plaintext SMTP: 220 greeting, EHLO, QUIT",
+    ),
+    "pop3": FleetKind(
+        name="pop3",
+        protocol=dialogue_kind(POP3_DIALOGUE),
+        description="scripted plaintext POP3: +OK greeting, CAPA, QUIT",
+    ),
+    "imap": FleetKind(
+        name="imap",
+        protocol=dialogue_kind(IMAP_DIALOGUE),
+        description="scripted plaintext IMAP: * OK greeting, CAPABILITY, LOGOUT",
+    ),
 }
 
 
-def fleet_addresses(listeners: int, ports_per_host: int, base_port: int) -> list[tuple[str, int]]:
+def fleet_addresses(
+    listeners: int,
+    ports_per_host: int,
+    base_port: int,
+    first_host: ipaddress.IPv4Address = FIRST_HOST,
+) -> list[tuple[str, int]]:
     """(host, port) of each listener: 127.1.0.1, 127.1.0.2 ... ports_per_host ports each."""
     addresses: list[tuple[str, int]] = []
     offset = 0
     while len(addresses) < listeners:  # bounded: parse_args caps listeners
-        host = FIRST_HOST + offset
+        host = first_host + offset
         offset += 1
         if host.packed[-1] in {0, 255}:
             continue  # legal on lo, but .0 and .255 look like network and broadcast
@@ -144,10 +401,13 @@ def raise_nofile(needed: int) -> tuple[int, int]:
 
 async def serve(args: argparse.Namespace) -> int:
     kind = FLEET_KINDS[args.kind]
-    addresses = fleet_addresses(args.listeners, args.ports_per_host, args.base_port)
+    addresses = fleet_addresses(
+        args.listeners, args.ports_per_host, args.base_port, args.first_host
+    )
     soft, _ = raise_nofile(args.listeners + args.connection_headroom + 64)
-    settings = FleetSettings(hold=args.hold)
-    ssl_context = kind.ssl_context()
+    out = Path(args.out)
+    settings = FleetSettings(hold=args.hold, tls_key=args.tls_key, run_dir=out.parent)
+    ssl_context, extra = kind.tls(settings)
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     servers: list[asyncio.Server] = []
@@ -170,10 +430,9 @@ async def serve(args: argparse.Namespace) -> int:
         "hosts": len({h for h, _ in addresses}),
         "ports_per_host": args.ports_per_host,
         "banner": BANNER.decode() if kind.name == "banner" else None,
-        "extra": {},
+        "extra": extra,
         "targets": [{"host": h, "port": p} for h, p in addresses],
     }
-    out = Path(args.out)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(targets, indent=1))
     tmp.replace(out)
@@ -197,6 +456,8 @@ async def serve(args: argparse.Namespace) -> int:
                 "accepted": c.accepted,
                 "closed_by_peer": c.closed_by_peer,
                 "closed_by_hold": c.closed_by_hold,
+                "answered": c.answered,
+                "lost_with_error": c.lost_with_error,
                 "seconds": round(time.monotonic() - started, 1),
             }
         ),
@@ -212,8 +473,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="where to write the target list (JSON)")
     parser.add_argument("--ports-per-host", type=int, default=4)
     parser.add_argument("--base-port", type=int, default=22000, help="below the ephemeral range")
+    parser.add_argument(
+        "--first-host",
+        type=ipaddress.IPv4Address,
+        default=FIRST_HOST,
+        help="the first listener address (default 127.1.0.1); must be in 127.0.0.0/8",
+    )
     parser.add_argument("--hold", type=float, default=5.0, help="close after this many seconds")
     parser.add_argument("--backlog", type=int, default=128)
+    parser.add_argument(
+        "--tls-key",
+        choices=("ecdsa", "rsa"),
+        default="ecdsa",
+        help="tls kind: the CA's and leaf's key, ECDSA P-256 or RSA 2048",
+    )
     parser.add_argument(
         "--connection-headroom", type=int, default=4000, help="descriptors kept for connections"
     )
@@ -223,6 +496,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.listeners <= 60000:
         parser.error("--listeners must be in 1..60000")
+    if args.first_host not in LOOPBACK:
+        parser.error("--first-host must be in 127.0.0.0/8")
     if not 1 <= args.ports_per_host <= 64:
         parser.error("--ports-per-host must be in 1..64")
     if not 1024 <= args.base_port <= 32768 - args.ports_per_host:

@@ -16,7 +16,9 @@ measures a window:
 - Peak RSS: VmHWM from /proc/PID/status at the end of the window.
 
 A workload (``Workload``) names the fleet kind and the module both daemons run;
-``bench_tcp.py`` defines the TCP banner one, and HTTP/TLS benches add their own.
+``bench_tcp.py`` defines the TCP banner one, ``bench_http.py`` the HTTP GET one and
+``bench_tls.py`` the TLS handshake one. A module value the fleet only knows once it
+runs (the TLS fleet's CA file) is written as ``FleetExtra("ca_file")``.
 """
 
 from __future__ import annotations
@@ -92,6 +94,25 @@ def toml_duration(seconds: float) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetExtra:
+    """A module value taken from the started fleet's target list (its ``extra`` table)."""
+
+    key: str
+
+
+def _with_fleet_values(value: Any, extra: dict[str, Any]) -> Any:
+    if isinstance(value, FleetExtra):
+        if value.key not in extra:
+            raise RuntimeError(f"the fleet's target list has no extra.{value.key}")
+        return extra[value.key]
+    if isinstance(value, dict):
+        return {k: _with_fleet_values(v, extra) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_with_fleet_values(v, extra) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
 class Workload:
     """One kind of check, as each side configures it."""
 
@@ -101,6 +122,14 @@ class Workload:
     probed_module: dict[str, Any]  # the [modules.NAME] table of probes.toml
     blackbox_module: dict[str, Any]  # the modules.NAME entry of blackbox.yml
     target: Callable[[dict[str, Any]], str] = lambda t: f"{t['host']}:{t['port']}"
+
+    def for_fleet(self, extra: dict[str, Any]) -> Workload:
+        """This workload with every ``FleetExtra`` replaced by the fleet's value."""
+        return replace(
+            self,
+            probed_module=_with_fleet_values(self.probed_module, extra),
+            blackbox_module=_with_fleet_values(self.blackbox_module, extra),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +146,7 @@ class BenchSettings:
     driver_concurrency: int
     ports_per_host: int
     base_port: int
+    fleet_args: tuple[str, ...]
     probed_cmd: tuple[str, ...] | None
     snapshot: bool
     out_dir: Path
@@ -241,6 +271,7 @@ async def start_fleet(
         str(targets_path),
         "--max-seconds",
         f"{max_seconds:.0f}",
+        *settings.fleet_args,
     ]
     proc = start_process(argv, log_path)
     started = time.monotonic()
@@ -588,16 +619,15 @@ async def floor_status(
 async def floor_phase(
     settings: BenchSettings, workload: Workload, fleet: Fleet, run_dir: Path, round_no: int
 ) -> PhaseResult:
-    """A bare uvloop client doing the same checks (TCP banner only, for now)."""
+    """A bare uvloop client doing the same checks (floor.py's check for the fleet kind)."""
     result = PhaseResult(side="floor", round=round_no)
-    if workload.fleet_kind != "banner":
-        raise RuntimeError("floor.py only knows the banner check")
     status_path = run_dir / f"floor-r{round_no}.json"
     log_path = run_dir / f"floor-r{round_no}.log"
     argv = [
         sys.executable,
         str(BENCH_DIR / "floor.py"),
         f"--targets={run_dir / 'targets.json'}",
+        f"--check={workload.fleet_kind}",
         f"--interval={settings.interval}",
         f"--timeout={settings.timeout}",
         f"--status={status_path}",
@@ -619,7 +649,7 @@ async def floor_phase(
         result.successes = s1["ok"] - s0["ok"]
         fill_common(result, a, d, proc.pid)
         result.expected_probes = settings.jobs * result.window_s / settings.interval
-        result.extra["success_is"] = "checks completed in the window whose banner matched"
+        result.extra["success_is"] = "checks completed in the window that succeeded"
     finally:
         result.extra["exit_code"] = await stop_process(proc)
         result.extra["log"] = scan_log(log_path)
@@ -836,13 +866,20 @@ def machine_info() -> dict[str, Any]:
 # --------------------------------------------------------------------------- main
 
 
-def parse_settings(description: str, argv: list[str] | None = None) -> BenchSettings:
-    """The command line every bench_*.py shares."""
+def parse_settings(
+    description: str,
+    argv: list[str] | None = None,
+    *,
+    jobs: int = 5000,
+    duration: str = "60s",
+    base_port: int = 22000,
+) -> BenchSettings:
+    """The command line every bench_*.py shares (the keywords are its defaults)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--jobs", type=int, default=5000, help="checks (= fleet listeners)")
+    parser.add_argument("--jobs", type=int, default=jobs, help="checks (= fleet listeners)")
     parser.add_argument("--interval", default="10s", help="each check runs once per interval")
     parser.add_argument("--timeout", default="5s", help="per-check timeout on both sides")
-    parser.add_argument("--duration", default="60s", help="measurement window of each phase")
+    parser.add_argument("--duration", default=duration, help="measurement window of each phase")
     parser.add_argument("--warmup", default=None, help="before each window (default: interval)")
     parser.add_argument("--rounds", type=int, default=2, help="probed+blackbox pairs")
     parser.add_argument(
@@ -854,7 +891,12 @@ def parse_settings(description: str, argv: list[str] | None = None) -> BenchSett
     parser.add_argument("--per-host-concurrency", type=int, default=8)
     parser.add_argument("--driver-concurrency", type=int, default=256)
     parser.add_argument("--ports-per-host", type=int, default=4)
-    parser.add_argument("--base-port", type=int, default=22000, help="fleet's first port")
+    parser.add_argument("--base-port", type=int, default=base_port, help="fleet's first port")
+    parser.add_argument(
+        "--fleet-args",
+        default="",
+        help='extra arguments for fleet.py, e.g. --fleet-args="--tls-key rsa"',
+    )
     parser.add_argument(
         "--probed-cmd",
         default=None,
@@ -899,6 +941,7 @@ def parse_settings(description: str, argv: list[str] | None = None) -> BenchSett
         driver_concurrency=args.driver_concurrency,
         ports_per_host=args.ports_per_host,
         base_port=args.base_port,
+        fleet_args=tuple(shlex.split(args.fleet_args)),
         probed_cmd=tuple(args.probed_cmd.split()) if args.probed_cmd else None,
         snapshot=not args.no_snapshot,
         out_dir=Path(args.out_dir),
@@ -947,6 +990,7 @@ async def _run_phases(
     print(f"run dir {run_dir}", flush=True)
     fleet = await start_fleet(settings, workload, run_dir, fleet_bound)
     print(f"fleet: {fleet.info['listeners']} listeners on {fleet.info['hosts']} hosts", flush=True)
+    workload = workload.for_fleet(fleet.info.get("extra") or {})
     phases: list[PhaseResult] = []
     runners = {"probed": probed_phase, "blackbox": blackbox_phase, "floor": floor_phase}
     try:
@@ -968,6 +1012,7 @@ async def _run_phases(
         "settings": asdict(settings),
         "machine": info,
         "fleet": fleet.info,
+        "modules": {"probed": workload.probed_module, "blackbox": workload.blackbox_module},
         "phases": [asdict(p) for p in phases],
         "summary": summary,
     }

@@ -17,6 +17,7 @@ the end of the body).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextvars
 import email.utils
@@ -379,6 +380,52 @@ async def _on_connection_end(
         hop.enter("processing")
 
 
+class _LiteralConnector(aiohttp.TCPConnector):
+    """One ``loop.create_connection(host=<address literal>)`` per connection: the loop's
+    numeric fast path, instead of aiohappyeyeballs' socket + sock_connect +
+    create_connection(sock=...). The target is always one address we resolved."""
+
+    # Overrides a private aiohttp method; tests/test_http.py pins its signature so an
+    # aiohttp upgrade that changes it fails loudly instead of silently.
+    async def _wrap_create_connection(
+        self,
+        *args: Any,
+        addr_infos: list[Any],
+        req: Any,
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature; the run's deadline rules
+        client_error: type[Exception] = aiohttp.ClientConnectorError,
+        **kwargs: Any,
+    ) -> Any:
+        if len(addr_infos) != 1:
+            return await super()._wrap_create_connection(
+                *args,
+                addr_infos=addr_infos,
+                req=req,
+                timeout=timeout,
+                client_error=client_error,
+                **kwargs,
+            )
+        family, _, proto, _, address = addr_infos[0]
+        (protocol_factory,) = args  # aiohttp passes everything else by keyword
+        try:
+            return await self._loop.create_connection(
+                protocol_factory,
+                host=address[0],
+                port=address[1],
+                family=family,
+                proto=proto,
+                **kwargs,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
+        except ssl.SSLError as exc:
+            raise aiohttp.ClientConnectorSSLError(req.connection_key, exc) from exc
+        except OSError as exc:
+            if exc.errno is None and isinstance(exc, asyncio.TimeoutError):
+                raise
+            raise client_error(req.connection_key, exc) from exc
+
+
 def new_session() -> aiohttp.ClientSession:
     """The one session every http run shares (``Env.http_session()`` owns its life).
 
@@ -390,9 +437,7 @@ def new_session() -> aiohttp.ClientSession:
     trace = aiohttp.TraceConfig()
     trace.on_connection_create_start.append(_on_connection_start)
     trace.on_connection_create_end.append(_on_connection_end)
-    connector = aiohttp.TCPConnector(
-        force_close=True, limit=0, limit_per_host=0, use_dns_cache=False
-    )
+    connector = _LiteralConnector(force_close=True, limit=0, limit_per_host=0, use_dns_cache=False)
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -446,6 +491,15 @@ def _authorization(settings: HTTPSettings, env: Env) -> str | None:
     return None
 
 
+def _revealed(settings: HTTPSettings, env: Env) -> tuple[str, ...]:
+    """The secret values themselves (already read once, so cached), for redaction."""
+    if settings.basic_auth is not None:
+        return (env.secrets.resolve(settings.basic_auth.password).reveal(),)
+    if settings.bearer_token is not None:
+        return (env.secrets.resolve(settings.bearer_token).reveal(),)
+    return ()
+
+
 async def probe(target: Target, settings: HTTPSettings, rec: Recorder, env: Env) -> bool:
     site = target if isinstance(target, HTTPTarget) else parse_target(target.raw, settings)
     for name in PHASE_NAMES:  # blackbox exports every phase, 0 where a run never got there
@@ -454,6 +508,9 @@ async def probe(target: Target, settings: HTTPSettings, rec: Recorder, env: Env)
         authorization = _authorization(settings, env)
     except SecretError as exc:
         return rec.fail(Reason.SECRET_UNAVAILABLE, str(exc))
+    if authorization is not None:
+        credentials = authorization.partition(" ")[2]
+        rec.redact(authorization, credentials, *_revealed(settings, env))
     data = settings.body.encode("utf-8") if settings.body is not None else None
     request = _Request(settings.method, data, authorization)
     url = site.url
