@@ -94,8 +94,8 @@ class Daemon:
     def ready(self) -> bool:
         return self._ready
 
-    def metrics_page(self) -> bytes:
-        return self.exposition.render()
+    def metrics_parts(self) -> list[bytes]:
+        return self.exposition.render_parts()
 
     async def probe_once(self, module: str, target: str, debug: bool) -> tuple[int, str]:
         job = self.scheduler.spec((module, target))

@@ -363,6 +363,8 @@ class _JobBuilder:
         self.jobs: list[JobSpec] = []
         self.watched: list[Path] = []
         self._seen: dict[tuple[str, str], str] = {}
+        # The jobs of a group share its labels: one tuple per distinct label set.
+        self._label_sets: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 
     def build(self) -> None:
         for i, group in enumerate(self.doc.groups):
@@ -451,6 +453,8 @@ class _JobBuilder:
             )
             return
         self._seen[key] = where
+        label_set = tuple(sorted(labels.items()))
+        label_set = self._label_sets.setdefault(label_set, label_set)
         self.jobs.append(
             JobSpec(
                 module=module.name,
@@ -459,7 +463,7 @@ class _JobBuilder:
                 settings=module.settings,
                 interval=interval,
                 timeout=timeout,
-                labels=tuple(sorted(labels.items())),
+                labels=label_set,
                 group=group,
             )
         )

@@ -129,12 +129,19 @@ class SelfMetrics:
 
 
 class Exposition:
-    """Per-family dictionaries of per-job text; a scrape joins them."""
+    """Per-family dictionaries of per-job text; a scrape joins them.
+
+    The text is kept as UTF-8 bytes: a scrape takes a list of references to them (a
+    snapshot) and the server joins and compresses it a slice at a time, with no str page,
+    no encode and no whole page in memory (at 100,000 mixed jobs the page is ~175 MB).
+    """
 
     def __init__(self, self_metrics: SelfMetrics) -> None:
         self.self_metrics = self_metrics
-        self._families: dict[Family, dict[JobKey, str]] = {}
+        self._families: dict[Family, dict[JobKey, bytes]] = {}
         self._job_families: dict[JobKey, tuple[Family, ...]] = {}
+        # Jobs of one module mostly emit the same families: one shared tuple per set.
+        self._family_sets: dict[tuple[Family, ...], tuple[Family, ...]] = {}
 
     def publish(self, key: JobKey, labels: str, spec: ProbeSpec, outcome: Outcome) -> None:
         rendered = render_outcome(labels, spec, outcome)
@@ -145,8 +152,9 @@ class Exposition:
             per_job = self._families.get(family)
             if per_job is None:
                 per_job = self._families[family] = {}
-            per_job[key] = text
-        self._job_families[key] = tuple(rendered)
+            per_job[key] = text.encode("utf-8")
+        families = tuple(rendered)
+        self._job_families[key] = self._family_sets.setdefault(families, families)
 
     def remove(self, key: JobKey) -> None:
         for family in self._job_families.pop(key, ()):
@@ -155,14 +163,24 @@ class Exposition:
     def __contains__(self, key: JobKey) -> bool:
         return key in self._job_families
 
-    def render_jobs(self) -> str:
-        parts: list[str] = []
+    def _job_parts(self) -> list[bytes]:
+        parts: list[bytes] = []
         for family in sorted(self._families, key=lambda f: f.name):
             per_job = self._families[family]
             if per_job:
-                parts.append(family.header)
-                parts.append("".join(per_job.values()))
-        return "".join(parts)
+                parts.append(family.header.encode("utf-8"))
+                parts.extend(per_job.values())
+        return parts
+
+    def render_jobs(self) -> str:
+        return b"".join(self._job_parts()).decode("utf-8")
+
+    def render_parts(self) -> list[bytes]:
+        """The page as a list of immutable parts, taken at one instant: a consistent
+        snapshot that costs a pointer per part, whatever runs finish while it is sent."""
+        parts = self._job_parts()
+        parts.append(self.self_metrics.render())
+        return parts
 
     def render(self) -> bytes:
-        return self.render_jobs().encode("utf-8") + self.self_metrics.render()
+        return b"".join(self.render_parts())

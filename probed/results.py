@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -51,7 +52,7 @@ class _Phase:
 class Recorder:
     """Collects what one run observed: phases, facts (as samples), one failure reason."""
 
-    __slots__ = ("current_phase", "detail", "log", "phases", "reason", "samples")
+    __slots__ = ("_redacted", "current_phase", "detail", "log", "phases", "reason", "samples")
 
     def __init__(self, *, capture_log: bool = False) -> None:
         self.phases: dict[str, float] = {}
@@ -60,6 +61,22 @@ class Recorder:
         self.detail = ""
         self.current_phase = ""
         self.log: list[str] | None = [] if capture_log else None
+        self._redacted: list[str] = []
+
+    def redact(self, *values: str) -> None:
+        """Keep these strings (a secret and the encodings the probe sends it in) out of the
+        detail and the log: a server may quote what we sent in its error reply."""
+        self._redacted += [value for value in values if value and value not in self._redacted]
+
+    @property
+    def redacted(self) -> tuple[str, ...]:
+        return tuple(self._redacted)
+
+    def _scrub(self, text: str) -> str:
+        for value in self._redacted:
+            if value in text:
+                text = text.replace(value, "<redacted>")
+        return text
 
     def phase(self, name: str) -> _Phase:
         return _Phase(self, name)
@@ -67,13 +84,15 @@ class Recorder:
     def set(self, family: Family, value: float, **labels: str) -> None:
         """Record one sample; label values are bounded facts, never free text."""
         text = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items()) if labels else ""
-        self.samples.append((family, text, value))
+        # Interned: label values are bounded, so the texts are few and every job's result
+        # shares them instead of holding its own copy.
+        self.samples.append((family, sys.intern(text), value))
 
     def fail(self, reason: Reason, detail: str = "") -> bool:
         """Record the failure reason (the first one wins) and return False for the probe."""
         if self.reason is Reason.NONE:
             self.reason = reason
-            self.detail = detail
+            self.detail = detail = self._scrub(detail)
             self.debug("failed", reason=reason.value, detail=detail)
         return False
 
@@ -82,7 +101,7 @@ class Recorder:
         if self.log is not None:
             extra = " ".join(f"{k}={v!r}" for k, v in fields.items())
             phase = self.current_phase or "-"
-            self.log.append(f"[{phase}] {event} {extra}".rstrip())
+            self.log.append(self._scrub(f"[{phase}] {event} {extra}".rstrip()))
 
     def finish(self, success: bool, started: float, duration: float) -> Outcome:
         if not success and self.reason is Reason.NONE:

@@ -1,13 +1,19 @@
 """Owns every run: fixed per-job phases, caps, deadlines, skips and lag.
 
-Jobs wait on the event loop's timer heap (one TimerHandle each, no task per job); a task
-exists only while a run is in flight, so 100,000 jobs cost timers, not coroutines.
+Jobs wait in one heap of (due, sequence, job) entries under a single event-loop timer set
+for the earliest due; a task exists only while a run is in flight. At 100,000 jobs a heap
+entry costs about a fifth of a loop TimerHandle per job (uvloop: a handle, a libuv timer and
+a context copy each) and takes a tenth of the time to schedule.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import heapq
+import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -22,6 +28,7 @@ from probed.results import Outcome
 from probed.runner import execute
 
 log = structlog.get_logger("probed.scheduler")
+TIMER_RESOLUTION = 0.001
 
 
 def schedule_phase(key: JobKey, interval: float) -> float:
@@ -34,8 +41,7 @@ def schedule_phase(key: JobKey, interval: float) -> float:
 class JobState:
     __slots__ = (
         "due",
-        "handle",
-        "labels",
+        "key",
         "outcome",
         "pending_due",
         "removed",
@@ -44,12 +50,11 @@ class JobState:
         "waiting",
     )
 
-    def __init__(self, spec: JobSpec) -> None:
+    def __init__(self, spec: JobSpec, key: JobKey) -> None:
         self.spec = spec
-        self.labels = job_labels(spec.module, spec.target.raw, spec.labels)
+        self.key = key  # one tuple per job, shared by every dict that holds the job
         self.due = 0.0
         self.pending_due = 0.0  # the scheduled start of the run now waiting for a slot
-        self.handle: asyncio.TimerHandle | None = None
         self.running = False
         self.waiting = False
         self.removed = False
@@ -87,6 +92,12 @@ class Scheduler:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wall_offset = 0.0
+        # Due jobs: (due, tie-breaker, state). An entry is stale (skipped when popped) once
+        # its job is removed or has moved on to a later due time.
+        self._heap: list[tuple[float, int, JobState]] = []
+        self._sequence = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     # -- configuration ------------------------------------------------------------------
     def apply(self, specs: Iterable[JobSpec]) -> ApplyStats:
@@ -108,30 +119,27 @@ class Scheduler:
         for key, spec in new.items():
             if key not in self._jobs:
                 added += 1
-                self._add(spec)
+                self._add(spec, key)
         self._metrics.jobs.clear()
         for module, count in _count_modules(new.values()).items():
             self._metrics.jobs.labels(module).set(count)
         return ApplyStats(added - changed, removed, changed, unchanged)
 
-    def _add(self, spec: JobSpec) -> None:
+    def _add(self, spec: JobSpec, key: JobKey) -> None:
         assert self._loop is not None
-        state = JobState(spec)
-        self._jobs[spec.key] = state
+        state = JobState(spec, key)
+        self._jobs[key] = state
         if self._stopping:
             return
-        phase = schedule_phase(spec.key, spec.interval)
+        phase = schedule_phase(key, spec.interval)
         wall_now = self._loop.time() + self._wall_offset
         # Next wall-clock instant t with (t - phase) % interval == 0.
         wall_due = wall_now + ((phase - wall_now) % spec.interval)
         state.due = wall_due - self._wall_offset
-        state.handle = self._loop.call_at(state.due, self._on_due, state)
+        self._push(state)
 
     def _retire(self, state: JobState) -> None:
-        state.removed = True
-        if state.handle is not None:
-            state.handle.cancel()
-            state.handle = None
+        state.removed = True  # its heap entry is now stale
         if state.waiting:
             state.waiting = False
             self._metrics.waiting.dec()
@@ -139,10 +147,13 @@ class Scheduler:
                 self._ready.remove(state)
             except ValueError:
                 self._host_wait.get(state.spec.host, deque()).remove(state)
-        del self._jobs[state.spec.key]
-        self._exposition.remove(state.spec.key)
+        del self._jobs[state.key]
+        self._exposition.remove(state.key)
 
     def outcome(self, key: JobKey) -> Outcome | None:
+        """The last run's summary: success, reason, detail, start and duration. Its phases
+        and samples live on only as the job's /metrics text (a second copy of them would
+        cost about 1 KB per job: 100 MB at 100,000 jobs)."""
         state = self._jobs.get(key)
         return state.outcome if state is not None else None
 
@@ -154,6 +165,40 @@ class Scheduler:
         return len(self._jobs)
 
     # -- the timer path -------------------------------------------------------------------
+    def _push(self, state: JobState) -> None:
+        heapq.heappush(self._heap, (state.due, next(self._sequence), state))
+        if state.due < self._timer_at:
+            self._arm()
+
+    def _arm(self) -> None:
+        """Set the one loop timer for the earliest entry of the heap."""
+        loop = self._loop
+        assert loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = math.inf
+        if self._heap and not self._stopping:
+            self._timer_at = self._heap[0][0]
+            self._timer = loop.call_at(self._timer_at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._timer = None
+        self._timer_at = math.inf
+        # The loop's clock and timers have millisecond resolution: a timer may fire up to
+        # a tick before its due time, so take what is due within that tick (as a handle
+        # per job did) rather than re-arming for a fraction of a millisecond.
+        now = loop.time() + TIMER_RESOLUTION
+        heap = self._heap
+        # Bounded: each job's next entry is due an interval later, after ``now``.
+        while heap and heap[0][0] <= now:
+            due, _, state = heapq.heappop(heap)
+            if not state.removed and due == state.due:
+                self._on_due(state)
+        self._arm()
+
     def _on_due(self, state: JobState) -> None:
         loop = self._loop
         assert loop is not None
@@ -164,7 +209,7 @@ class Scheduler:
         if state.due <= now:
             # The loop stalled for more than an interval: realign to the job's phase.
             state.due += ((now - state.due) // interval + 1) * interval
-        state.handle = loop.call_at(state.due, self._on_due, state)
+        heapq.heappush(self._heap, (state.due, next(self._sequence), state))
         if state.running or state.waiting:
             self._metrics.child(self._metrics.skipped, state.spec.module).inc()
             return
@@ -227,8 +272,13 @@ class Scheduler:
                 duration=round(outcome.duration, 6),
             )
         if not state.removed:
-            state.outcome = outcome
-            self._exposition.publish(spec.key, state.labels, spec.spec, outcome)
+            self._publish(state, outcome)
+
+    def _publish(self, state: JobState, outcome: Outcome) -> None:
+        spec = state.spec
+        labels = job_labels(spec.module, spec.target.raw, spec.labels)
+        self._exposition.publish(state.key, labels, spec.spec, outcome)
+        state.outcome = dataclasses.replace(outcome, phases=(), samples=(), log=None)
 
     def _finished(self, state: JobState) -> None:
         state.running = False
@@ -259,10 +309,10 @@ class Scheduler:
     async def stop(self, grace: float) -> None:
         """Stop scheduling; let runs in flight finish until ``grace``, cancel the rest."""
         self._stopping = True
-        for state in self._jobs.values():
-            if state.handle is not None:
-                state.handle.cancel()
-                state.handle = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._heap.clear()
         self._ready.clear()
         self._host_wait.clear()
         if self._tasks:

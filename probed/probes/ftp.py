@@ -158,6 +158,7 @@ class FTPSession:
                 self.auth_tls = True
 
     async def login(self, username: str, password: str) -> None:
+        self.rec.redact(password)
         with self.rec.phase("auth"):
             reply = await self.command(f"USER {username}", "USER")
             if reply.code == 331:
@@ -247,7 +248,7 @@ class FTPSession:
         match = _MDTM.match(reply.text) if reply.code == 213 else None
         if match is None:
             return None
-        return float(calendar.timegm(time.strptime(match.group(1), "%Y%m%d%H%M%S")))
+        return _ftp_time(match.group(1))
 
     def quit(self) -> None:
         with contextlib.suppress(StreamError):
@@ -300,8 +301,17 @@ def _mlsd(line: str) -> FTPEntry | None:
     mtime: float | None = None
     modify = facts.get("modify", "")[:14]
     if len(modify) == 14 and modify.isdigit():
-        mtime = float(calendar.timegm(time.strptime(modify, "%Y%m%d%H%M%S")))
+        mtime = _ftp_time(modify)
     return FTPEntry(name, int(size) if size.isdigit() else None, mtime, kind == "dir")
+
+
+def _ftp_time(digits: str) -> float | None:
+    """``YYYYMMDDHHMMSS`` (MLSD ``modify``, MDTM) -> Unix time; None for an impossible date
+    (``00000000000000``, month 13): the server's text, not ours to crash on."""
+    try:
+        return float(calendar.timegm(time.strptime(digits, "%Y%m%d%H%M%S")))
+    except (ValueError, OverflowError):
+        return None
 
 
 def _unix(line: str, now: float) -> FTPEntry | None:

@@ -124,10 +124,13 @@ class IMAPSession:
             await self.capability()
 
     async def login(self, username: str, password: str) -> None:
+        self.rec.redact(password)
         if "LOGINDISABLED" in self.capabilities:
             raise StreamError(Reason.LOGIN_REFUSED, "the server announces LOGINDISABLED")
         try:
-            line = f"LOGIN {dialogue.imap_quote(username)} {dialogue.imap_quote(password)}"
+            quoted = dialogue.imap_quote(password)
+            self.rec.redact(quoted)
+            line = f"LOGIN {dialogue.imap_quote(username)} {quoted}"
         except ValueError:
             raise StreamError(Reason.AUTH_FAILED, "credentials contain CR, LF or NUL") from None
         with self.rec.phase("auth"):

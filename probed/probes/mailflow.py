@@ -258,6 +258,8 @@ async def _poll_once(
             Reason.TIMEOUT, "the mailbox was still answering a poll at the deadline"
         ) from None
     finally:
+        # The poll's login secrets: the failure it raises is recorded on ``rec``.
+        rec.redact(*scratch.redacted)
         if rec.log is not None and scratch.log:
             rec.log.extend(f"(poll) {line}" for line in scratch.log)
 

@@ -28,6 +28,7 @@ from probed.durations import Duration
 from probed.probes.base import Env, Family, ProbeSpec, Reason, Settings, Target
 from probed.probes.dialogue import (
     CLIENT_SSL,
+    MYSQL_MAX_GREETING,
     MySQLGreeting,
     read_mysql_greeting,
     send_mysql_ssl_request,
@@ -206,12 +207,46 @@ class _TLSNotOfferedError(Exception):
     """TLS is required and the greeting lacks CLIENT_SSL: no credentials are sent."""
 
 
+class _PacketTooLargeError(aiomysql.Error):  # type: ignore[misc]  # aiomysql ships no types
+    """The server announced a packet above the limit; nothing of it was read."""
+
+    def __init__(self, size: int, limit: int, *, greeting: bool) -> None:
+        what = "MySQL greeting" if greeting else "packet"
+        super().__init__(f"the server announced a {what} of {size} bytes (limit {limit})")
+        # An absurd greeting is a protocol error, as on the greeting-only path.
+        self.reason = Reason.PROTOCOL_ERROR if greeting else Reason.TOO_LARGE
+
+
+# aiomysql reads whatever length a packet announces (16 MiB, then more for a continued one),
+# so a hostile server could make one run hold tens of MiB. Greetings are ~100 bytes and the
+# probe's own answers (status rows, a small query) a few KiB.
+_MAX_GREETING_PACKET = MYSQL_MAX_GREETING
+_MAX_PACKET = 1024 * 1024
+
+
 class _Connection(aiomysql.Connection):  # type: ignore[misc]  # aiomysql ships no types
-    """aiomysql's connection with two guards before the credentials go out."""
+    """aiomysql's connection with two guards before the credentials go out, and bounded
+    packet reads."""
 
     def __init__(self, *, server_name: str | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._probed_server_name = server_name
+        self._probed_packet_limit = _MAX_GREETING_PACKET
+
+    async def _read_bytes(self, num_bytes: int) -> bytes:
+        if num_bytes > self._probed_packet_limit:
+            self.close()
+            raise _PacketTooLargeError(
+                num_bytes,
+                self._probed_packet_limit,
+                greeting=self._probed_packet_limit == _MAX_GREETING_PACKET,
+            )
+        data: bytes = await super()._read_bytes(num_bytes)
+        return data
+
+    async def _get_server_information(self) -> None:
+        await super()._get_server_information()
+        self._probed_packet_limit = _MAX_PACKET
 
     async def _request_authentication(self) -> None:
         if self._probed_server_name is not None:
@@ -254,6 +289,8 @@ def _transport_failure(cause: BaseException | None) -> tuple[Reason, str] | None
 
 
 def _login_failure(exc: BaseException, username: str) -> tuple[Reason, str]:
+    if isinstance(exc, _PacketTooLargeError):
+        return exc.reason, str(exc)
     if isinstance(exc, _TLSNotOfferedError):
         return Reason.STARTTLS_REFUSED, "the server does not offer TLS; no credentials sent"
     code = _error_code(exc)
@@ -285,6 +322,8 @@ async def _session(
         secret = None if settings.password is None else env.secrets.resolve(settings.password)
     except SecretError as exc:
         return rec.fail(Reason.SECRET_UNAVAILABLE, str(exc))
+    if secret is not None:
+        rec.redact(secret.reveal())
     watch = _TLSWatch()
     _WATCH.set(watch)  # this run's task context only
     conn = _Connection(

@@ -92,6 +92,7 @@ class POP3Session:
                 await self.capa()
 
     async def login(self, username: str, password: str) -> None:
+        self.rec.redact(password)
         if self.capabilities is not None and "USER" not in self.capabilities:
             raise StreamError(
                 Reason.LOGIN_REFUSED, "CAPA does not offer USER (plaintext login disabled here?)"

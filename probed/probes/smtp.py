@@ -190,9 +190,11 @@ class SMTPSession:
             raise StreamError(
                 Reason.LOGIN_REFUSED, f"no usable AUTH mechanism among {' '.join(offered)[:120]}"
             )
+        plain_token = _b64(f"\0{username}\0{password}")
+        self.rec.redact(password, plain_token, _b64(password))
         with self.rec.phase("auth"):
             if mechanism == "PLAIN":
-                token = _b64(f"\0{username}\0{password}")
+                token = plain_token
                 reply = await self.command(f"AUTH PLAIN {token}", "AUTH PLAIN")
             else:
                 reply = await self.command("AUTH LOGIN", "AUTH LOGIN")

@@ -278,6 +278,7 @@ def _credentials(settings: SSHConnectSettings, env: Env, rec: Recorder) -> _Cred
         password = None
         if settings.password is not None:
             password = env.secrets.resolve(settings.password).reveal()
+            rec.redact(password)
         key = None
         if settings.client_key is not None:
             secret = env.secrets.resolve(settings.client_key)
@@ -304,6 +305,26 @@ def _disconnect_reason(exc: asyncssh.Error, observer: _Observer) -> tuple[Reason
     if isinstance(exc, asyncssh.ConnectionLost):
         return Reason.CONNECTION_CLOSED, f"connection closed: {exc.reason}"
     return Reason.PROTOCOL_ERROR, f"{type(exc).__name__}: {exc.reason}"
+
+
+def _handshake_failure(exc: Exception) -> tuple[Reason, str] | None:
+    """The reason for a handshake that failed outside asyncssh.Error, or None for a bug.
+
+    Besides socket errors, asyncssh lets two hostile cases out as plain Python errors: an
+    identification string that is not ASCII (UnicodeDecodeError), and a peer that reset
+    before asyncssh asked for its address (TypeError unpacking a None peername).
+    """
+    if isinstance(exc, OSError):
+        error = os_error(exc, "during the SSH handshake")
+        return error.reason, error.detail
+    if isinstance(exc, UnicodeDecodeError):
+        return Reason.PROTOCOL_ERROR, "the SSH identification string is not ASCII"
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None and tb.tb_frame.f_code.co_name == "_connection_made":
+        return Reason.CONNECTION_RESET, "the peer was gone before the SSH handshake began"
+    return None
 
 
 async def open_ssh(
@@ -360,11 +381,13 @@ async def open_ssh(
             return True, None
         reason, detail = _disconnect_reason(exc, observer)
         return rec.fail(reason, detail), None
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError, TypeError) as exc:
         observer.record_version()
         clock.enter("")
-        error = os_error(exc, "during the SSH handshake")
-        return rec.fail(error.reason, error.detail), None
+        failure = _handshake_failure(exc)
+        if failure is None:
+            raise
+        return rec.fail(*failure), None
     finally:
         clock.enter("")
     rec.debug("logged in", username=settings.username)

@@ -41,6 +41,15 @@ _ERRNO_REASON = {
 }
 
 
+def _type_reason(exc: OSError) -> Reason:
+    # Some loops (uvloop during a TLS handshake) raise these without an errno.
+    if isinstance(exc, ConnectionRefusedError):
+        return Reason.CONNECT_REFUSED
+    if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+        return Reason.CONNECTION_RESET
+    return Reason.CONNECT_ERROR
+
+
 class StreamError(Exception):
     """An expected network failure, carrying the reason the probe records."""
 
@@ -51,7 +60,7 @@ class StreamError(Exception):
 
 
 def os_error(exc: OSError, doing: str) -> StreamError:
-    reason = _ERRNO_REASON.get(exc.errno or 0, Reason.CONNECT_ERROR)
+    reason = _ERRNO_REASON.get(exc.errno or 0) or _type_reason(exc)
     text = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
     return StreamError(reason, f"{doing}: {text}")
 

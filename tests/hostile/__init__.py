@@ -1,0 +1,1 @@
+"""The hostile-peer suite: every protocol probe against servers that misbehave on purpose."""
