@@ -57,10 +57,12 @@ import uvloop
 REPO = harness.REPO
 OUT = harness.BENCH_DIR / "out"
 BASE_PORT = 25000
+INPROC_BASE_PORT = 25100
 PORTS_PER_HOST = 4
 SITES_PER_LISTENER = 10  # HTTP(S) jobs per listener (one path each)
 LISTEN_TIMEOUT = 180.0  # seconds a daemon of 100k jobs may take to answer /-/ready
-SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=60)
+# A saturated daemon serves a 100k-job page slowly: allow it, but never hang.
+SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=300)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +163,9 @@ def listeners_needed(jobs: int, extra: int = 0) -> dict[str, int]:
     return need
 
 
-def addresses(kind: str, listeners: int) -> list[tuple[str, int]]:
+def addresses(kind: str, listeners: int, base_port: int = BASE_PORT) -> list[tuple[str, int]]:
     first = ipaddress.IPv4Address(KINDS[kind].first_host)
-    return fleet.fleet_addresses(listeners, PORTS_PER_HOST, BASE_PORT, first)
+    return fleet.fleet_addresses(listeners, PORTS_PER_HOST, base_port, first)
 
 
 def _toml(value: Any, ca: str) -> str:
@@ -186,6 +188,7 @@ def write_config(
     timeout: float,
     skip: int = 0,
     extra: int = 0,
+    base_port: int = BASE_PORT,
 ) -> Path:
     """A probes.toml of ``jobs`` mixed jobs, one hosts file per module. ``skip`` leaves out
     each module's first ``skip`` targets and ``extra`` adds as many past the end (reload)."""
@@ -207,7 +210,7 @@ def write_config(
         lines.append("")
     need = listeners_needed(jobs, extra)
     for m in MIX:
-        pool = addresses(m.kind, need[m.kind])
+        pool = addresses(m.kind, need[m.kind], base_port)
         targets = []
         for i in range(skip, counts[m.name] + extra):
             host, port = pool[i // m.per_listener]
@@ -255,7 +258,9 @@ def _check_fleets(procs: dict[str, subprocess.Popen[bytes]], run_dir: Path, star
         raise RuntimeError("fleets not ready in time")
 
 
-async def start_fleets(need: dict[str, int], run_dir: Path, max_seconds: float) -> Fleets:
+async def start_fleets(
+    need: dict[str, int], run_dir: Path, max_seconds: float, base_port: int = BASE_PORT
+) -> Fleets:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     outs: dict[str, Path] = {}
     for name, kind in KINDS.items():
@@ -267,7 +272,7 @@ async def start_fleets(need: dict[str, int], run_dir: Path, max_seconds: float) 
             f"--kind={name}",
             f"--listeners={need[name]}",
             f"--first-host={kind.first_host}",
-            f"--base-port={BASE_PORT}",
+            f"--base-port={base_port}",
             f"--ports-per-host={PORTS_PER_HOST}",
             "--backlog=512",
             f"--out={outs[name]}",
@@ -286,7 +291,7 @@ async def start_fleets(need: dict[str, int], run_dir: Path, max_seconds: float) 
     for name, path in outs.items():
         info = json.loads(path.read_text())
         got = [(t["host"], t["port"]) for t in info["targets"]]
-        if got != addresses(name, need[name]):
+        if got != addresses(name, need[name], base_port):
             await fleets.stop()
             raise RuntimeError(f"fleet {name} listens elsewhere than the config assumes")
         if name == "tls":
@@ -303,7 +308,7 @@ def rss_mib() -> float:
 
 async def sample_outcomes(cfg: Any) -> dict[str, Any]:
     """One real outcome per module (the first job of each), run against the fleets."""
-    from probed.app import Resources  # noqa: PLC0415 - the daemon's modules, only here
+    from probed.resources import Resources  # noqa: PLC0415 - the daemon's modules, only here
     from probed.runner import execute  # noqa: PLC0415
 
     env = Resources(cfg.secrets)
@@ -355,7 +360,8 @@ async def inproc(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     from probed.scheduler import Scheduler  # noqa: PLC0415
 
     jobs = max(args.growth)
-    fleets = await start_fleets(dict.fromkeys(KINDS, 4), run_dir, 120)
+    # Other ports than a full run's fleets, so both can run at once.
+    fleets = await start_fleets(dict.fromkeys(KINDS, 4), run_dir, 120, INPROC_BASE_PORT)
     try:
         small = write_config(
             run_dir,
@@ -364,6 +370,7 @@ async def inproc(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             listen="127.0.0.1:1",
             interval=60,
             timeout=10,
+            base_port=INPROC_BASE_PORT,
         )
         outcomes = await sample_outcomes(config_mod.load(small))
     finally:
@@ -762,9 +769,14 @@ async def run(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         async with aiohttp.ClientSession(timeout=SCRAPE_TIMEOUT) as session:
             for jobs in sorted(args.growth):
                 print(f"-- {jobs} jobs", flush=True)
-                sizes.append(
-                    await one_size(args, run_dir, fleets, session, jobs=jobs, last=jobs == biggest)
-                )
+                try:
+                    size = await one_size(
+                        args, run_dir, fleets, session, jobs=jobs, last=jobs == biggest
+                    )
+                except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
+                    # Keep the sizes measured so far; say what failed at this one.
+                    size = {"jobs": jobs, "error": f"{type(exc).__name__}: {exc}"}
+                sizes.append(size)
                 print(json.dumps(_brief(sizes[-1])), flush=True)
     finally:
         await fleets.stop()
@@ -790,6 +802,9 @@ def format_growth(sizes: list[dict[str, Any]]) -> str:
     )
     rows = []
     for s in sizes:
+        if "steady" not in s:
+            rows.append(f"| {s['jobs']:,} | {s.get('error', 'no figures')} |")
+            continue
         w = s["steady"]
         rows.append(
             f"| {s['jobs']:,} | {s['load_and_start_s']:.2f} | {w['runs_per_s']:.0f} "

@@ -86,8 +86,8 @@ def _check_config(path: Path, web_config_file: Path | None) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from probed.app import Resources, new_event_loop  # noqa: PLC0415
     from probed.report import UNKNOWN, nagios_state, report  # noqa: PLC0415
+    from probed.resources import Resources, new_event_loop  # noqa: PLC0415
     from probed.runner import execute  # noqa: PLC0415
     from probed.secrets import SecretStore  # noqa: PLC0415
 
@@ -105,8 +105,8 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from probed.app import Resources, new_event_loop  # noqa: PLC0415
     from probed.durations import parse_duration  # noqa: PLC0415
+    from probed.resources import Resources, new_event_loop  # noqa: PLC0415
     from probed.scan import (  # noqa: PLC0415
         EXIT_USAGE,
         ScanRequest,

@@ -5,24 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import ssl
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import aiohttp
 import structlog
 from aiohttp import web
 
 from probed import config as config_mod
 from probed.config import Config, ConfigError, adhoc_job
 from probed.exposition import Exposition, SelfMetrics, job_labels, render_outcome
-from probed.probes.http import new_session as new_http_session
 from probed.report import report
+from probed.resources import Resources, new_event_loop
 from probed.runner import execute
 from probed.scheduler import Scheduler
-from probed.secrets import SecretStore
 from probed.server import make_app
 from probed.systemd import Notifier
 from probed.watch import watch
@@ -30,41 +26,6 @@ from probed.webconfig import WebConfig
 from probed.webconfig import load as load_web_config
 
 log = structlog.get_logger("probed")
-_T = TypeVar("_T")
-
-
-class Resources:
-    """The ``env`` every probe receives: long-lived, shared, built once."""
-
-    def __init__(self, secrets: SecretStore) -> None:
-        self.secrets = secrets
-        self._contexts: dict[Any, ssl.SSLContext] = {}
-        self._http: aiohttp.ClientSession | None = None
-
-    def ssl_context(self, key: Any, build: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-        ctx = self._contexts.get(key)
-        if ctx is None:
-            ctx = self._contexts[key] = build()
-        return ctx
-
-    def http_session(self) -> aiohttp.ClientSession:
-        # Made on first use, inside the running loop the session binds to.
-        if self._http is None or self._http.closed:
-            self._http = new_http_session()
-        return self._http
-
-    async def closing(self, work: Awaitable[_T]) -> _T:
-        """``await work``, then close (one-shot runs: CLI ``probe`` and ``scan``)."""
-        try:
-            return await work
-        finally:
-            await self.close()
-
-    async def close(self) -> None:
-        self._contexts.clear()
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
 
 
 class Daemon:
@@ -253,14 +214,6 @@ class Daemon:
         self.notifier.close()
         log.info("stopped")
         return 0
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop  # noqa: PLC0415 - optional speed-up, imported where the loop is made
-    except ImportError:  # pragma: no cover - uvloop is a declared dependency
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def run_daemon(path: Path, web_config_file: Path | None = None) -> int:

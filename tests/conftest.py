@@ -11,7 +11,7 @@ import pytest
 import trustme
 import uvloop
 
-from probed.app import Resources
+from probed.resources import Resources
 from probed.secrets import SecretStore
 
 # The real-server fixtures (nginx, sshd, MariaDB, Exim, Dovecot, vsftpd, gnutls-serv,

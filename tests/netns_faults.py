@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from probed.app import Resources
+from probed.resources import Resources
 from probed.runner import execute
 from probed.secrets import SecretStore
 from tests.helpers import banner, job, serve

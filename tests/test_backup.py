@@ -10,8 +10,8 @@ from typing import Any
 import asyncssh
 import pytest
 
-from probed.app import Resources
 from probed.probes.base import Reason
+from probed.resources import Resources
 from probed.results import Outcome
 from probed.runner import execute
 from tests.helpers import job

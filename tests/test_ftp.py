@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from probed.app import Resources
 from probed.probes.base import Reason
 from probed.probes.ftp import FTPSettings, list_directory, parse_listing
+from probed.resources import Resources
 from probed.results import Outcome, Recorder
 from probed.runner import execute
 from tests.conftest import Certs

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from probed.app import Resources
+from probed.resources import Resources
 from probed.results import Outcome
 from probed.runner import execute
 from tests.helpers import job

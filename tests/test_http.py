@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from probed.app import Resources
 from probed.probes.base import Reason
 from probed.probes.http import HTTPTarget, parse_target
+from probed.resources import Resources
 from probed.results import Outcome
 from probed.runner import execute
 from probed.secrets import SecretStore

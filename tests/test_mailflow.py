@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from probed import config
-from probed.app import Resources
 from probed.config import ConfigError
 from probed.probes.base import Reason
+from probed.resources import Resources
 from probed.results import Outcome
 from probed.runner import execute
 from tests.helpers import job

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from probed.app import Resources
 from probed.probes.base import Reason
+from probed.resources import Resources
 from probed.results import Outcome
 from probed.runner import execute
 from tests.helpers import job, serve

@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 from probed import config as config_mod
-from probed.app import Resources
 from probed.exposition import Exposition, SelfMetrics
+from probed.resources import Resources
 from probed.scheduler import Scheduler, schedule_phase
 from tests.helpers import serve
 

@@ -31,10 +31,10 @@ import asyncssh
 import pytest
 from aiohttp import web
 
-from probed.app import Resources
 from probed.exposition import job_labels, render_outcome
 from probed.probes.base import Reason
 from probed.report import report
+from probed.resources import Resources
 from probed.results import Outcome
 from probed.runner import execute
 from probed.secrets import SecretStore

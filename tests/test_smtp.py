@@ -7,9 +7,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from probed.app import Resources
 from probed.probes.base import Reason
 from probed.probes.smtp import dot_stuff, software_family
+from probed.resources import Resources
 from probed.results import Outcome
 from probed.runner import execute
 from tests.conftest import Certs

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from probed.app import Resources
 from probed.probes.base import Reason
 from probed.probes.tlsfacts import EARLIEST_EXPIRY, TLS_VERSION
+from probed.resources import Resources
 from probed.results import Outcome
 from probed.runner import execute
 from tests.conftest import Certs

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from probed.app import Resources
+from probed.resources import Resources
 from probed.runner import execute
 from tests.helpers import job
 from tests.servers.exim import EximServer

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from probed.app import Resources
 from probed.probes.base import Reason
+from probed.resources import Resources
 from probed.results import Outcome
 from probed.runner import execute
 from tests.conftest import Certs

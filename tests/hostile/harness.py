@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probed.app import Resources
+from probed.resources import Resources
 from probed.results import Outcome
 from probed.runner import execute
 from probed.secrets import SecretStore
