@@ -518,6 +518,14 @@ class Daemon:
     def cpu(self) -> procstat.CpuSample:
         return procstat.process_cpu(self.proc.pid)
 
+    def memory(self) -> dict[str, float]:
+        """Resident now and its high-water mark so far, MiB."""
+        pid = self.proc.pid
+        return {
+            "rss_mib": procstat.status_kib(pid, "VmRSS") / 1024,
+            "peak_rss_mib": procstat.peak_rss_mib(pid),
+        }
+
     async def stop(self) -> dict[str, Any]:
         code = await harness.stop_process(self.proc)
         return {"exit_code": code, "log": harness.scan_log(self.log_path)}
@@ -739,8 +747,10 @@ async def one_size(
         if last and args.py_spy:
             result["py_spy"] = summarise_profile(Path(await spy))
         result["peak_rss_mib"] = procstat.peak_rss_mib(daemon.proc.pid)
+        result["memory"] = {"steady": daemon.memory()}
         if last:
             result["scrape"] = await measure_scrapes(daemon, args.scrape_seconds, 3)
+            result["memory"]["after_scrapes"] = daemon.memory()
             changed = write_config(
                 run_dir,
                 jobs,
@@ -752,7 +762,7 @@ async def one_size(
                 extra=args.reload_changes,
             )
             result["reload"] = await measure_reload(daemon, session, live, changed, 10.0)
-            result["peak_rss_mib"] = procstat.peak_rss_mib(daemon.proc.pid)
+            result["memory"]["after_reload"] = daemon.memory()
     finally:
         result["daemon"] = await daemon.stop()
     return result
