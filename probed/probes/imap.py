@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Self
 
-from pydantic import field_validator, model_validator
+from pydantic import field_validator
 
 from probed.probes import dialogue
 from probed.probes.base import Env, Family, ProbeSpec, Reason, Target
 from probed.probes.session import (
     Login,
-    SessionSettings,
-    connect_session,
+    MailboxSettings,
+    connect_mailbox,
+    greet_and_login,
     run_session,
     secret_login,
     secure,
@@ -22,7 +22,6 @@ from probed.probes.session import (
 from probed.probes.stream import Stream, StreamError
 from probed.probes.tlsfacts import FAMILIES as TLS_FAMILIES
 from probed.results import Recorder
-from probed.secrets import SecretRef
 
 PHASES = Family(
     "probe_imap_duration_seconds",
@@ -42,9 +41,7 @@ _CAPABILITY = re.compile(r"^\* CAPABILITY (.*)$|\[CAPABILITY ([^\]]*)\]", re.IGN
 _CODE = re.compile(r"^\[([A-Z-]+)")
 
 
-class IMAPSettings(SessionSettings):
-    username: str | None = None
-    password: SecretRef | None = None
+class IMAPSettings(MailboxSettings):
     mailbox: str = "INBOX"
 
     @field_validator("mailbox")
@@ -53,14 +50,6 @@ class IMAPSettings(SessionSettings):
         if not value or not value.isascii() or any(c in value for c in "\r\n\0"):
             raise ValueError(f'invalid mailbox "{value}" (ASCII, no control characters)')
         return value
-
-    @model_validator(mode="after")
-    def _pair(self) -> Self:
-        if (self.username is None) != (self.password is None):
-            raise ValueError('"username" and "password" go together')
-        if self.username is not None and any(c in self.username for c in "\r\n\0"):
-            raise ValueError('"username" may not contain control characters')
-        return self
 
 
 def _refusal(status: str, text: str, what: str) -> StreamError:
@@ -194,23 +183,14 @@ async def connect_and_login(
 ) -> IMAPSession:
     """A greeted (and, with credentials, logged-in) session; raises StreamError or
     SecretError. The caller closes ``session.stream``."""
-    login = credentials(settings, env)
-
-    async def start(session: IMAPSession) -> None:
-        await session.open(settings, env, host)
-        if login is not None:
-            await session.login(*login)
-
-    return await connect_session(
-        host, port, settings, rec, env, session=lambda s: IMAPSession(s, rec), start=start
+    return await connect_mailbox(
+        host, port, settings, rec, env, session=lambda s: IMAPSession(s, rec)
     )
 
 
 async def probe(target: Target, settings: IMAPSettings, rec: Recorder, env: Env) -> bool:
     async def converse(session: IMAPSession, login: Login) -> bool:
-        await session.open(settings, env, target.host)
-        if login is not None:
-            await session.login(*login)
+        if await greet_and_login(session, settings, env, target.host, login):
             with rec.phase("transaction"):
                 counts = await session.open_mailbox(settings.mailbox, readonly=True)
             rec.set(MESSAGES, float(counts.get("EXISTS", 0)))

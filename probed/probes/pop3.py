@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Self
-
-from pydantic import model_validator
+from typing import ClassVar
 
 from probed.probes import dialogue
 from probed.probes.base import Env, Family, ProbeSpec, Reason, Target
 from probed.probes.session import (
     Login,
-    SessionSettings,
-    connect_session,
+    MailboxSettings,
+    connect_mailbox,
+    greet_and_login,
     run_session,
     secret_login,
     secure,
@@ -21,7 +20,6 @@ from probed.probes.session import (
 from probed.probes.stream import Stream, StreamError
 from probed.probes.tlsfacts import FAMILIES as TLS_FAMILIES
 from probed.results import Recorder
-from probed.secrets import SecretRef
 
 PHASES = Family(
     "probe_pop3_duration_seconds",
@@ -35,17 +33,8 @@ MAILBOX_SIZE = Family("probe_pop3_mailbox_size_bytes", "Size of the mailbox in b
 FAMILIES = (STLS, SSL, MESSAGES, MAILBOX_SIZE, *TLS_FAMILIES)
 
 
-class POP3Settings(SessionSettings):
-    username: str | None = None
-    password: SecretRef | None = None
-
-    @model_validator(mode="after")
-    def _pair(self) -> Self:
-        if (self.username is None) != (self.password is None):
-            raise ValueError('"username" and "password" go together')
-        if self.username is not None and any(c in self.username for c in "\r\n\0 "):
-            raise ValueError('"username" may not contain spaces or control characters')
-        return self
+class POP3Settings(MailboxSettings):
+    username_forbidden: ClassVar[str] = "\r\n\0 "
 
 
 def _login_failure(text: str) -> StreamError:
@@ -152,23 +141,14 @@ async def connect_and_login(
 ) -> POP3Session:
     """A greeted (and, with credentials, logged-in) session; raises StreamError or
     SecretError. The caller closes ``session.stream``."""
-    login = credentials(settings, env)
-
-    async def start(session: POP3Session) -> None:
-        await session.open(settings, env, host)
-        if login is not None:
-            await session.login(*login)
-
-    return await connect_session(
-        host, port, settings, rec, env, session=lambda s: POP3Session(s, rec), start=start
+    return await connect_mailbox(
+        host, port, settings, rec, env, session=lambda s: POP3Session(s, rec)
     )
 
 
 async def probe(target: Target, settings: POP3Settings, rec: Recorder, env: Env) -> bool:
     async def converse(session: POP3Session, login: Login) -> bool:
-        await session.open(settings, env, target.host)
-        if login is not None:
-            await session.login(*login)
+        if await greet_and_login(session, settings, env, target.host, login):
             with rec.phase("transaction"):
                 count, size = await session.stat()
             rec.set(MESSAGES, float(count))

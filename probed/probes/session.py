@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from probed.probes.base import Env, Reason, Settings, Target
 from probed.probes.dialogue import plaintext_answer
@@ -159,3 +159,68 @@ async def connect_session(
         stream.close()
         raise
     return conversation
+
+
+# -- mailboxes: pop3 and imap (and mailflow's mailbox side) -----------------------------------
+
+
+class MailboxSettings(SessionSettings):
+    """A mailbox login: ``username`` and ``password`` come together or not at all."""
+
+    username: str | None = None
+    password: SecretRef | None = None
+    # Characters the protocol cannot carry in a user name (POP3's USER adds the space).
+    username_forbidden: ClassVar[str] = "\r\n\0"
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.username is None) != (self.password is None):
+            raise ValueError('"username" and "password" go together')
+        if self.username is not None and any(c in self.username for c in self.username_forbidden):
+            what = (
+                "spaces or control characters"
+                if " " in self.username_forbidden
+                else ("control characters")
+            )
+            raise ValueError(f'"username" may not contain {what}')
+        return self
+
+
+class MailboxSession(ProtocolSession, Protocol):
+    async def open(self, settings: Any, env: Env, host: str) -> None:
+        """Greeting, capabilities and (per the settings) STARTTLS."""
+
+    async def login(self, username: str, password: str) -> None: ...
+
+
+_M = TypeVar("_M", bound=MailboxSession)
+
+
+async def greet_and_login(
+    session: MailboxSession, settings: MailboxSettings, env: Env, host: str, login: Login
+) -> bool:
+    """Open the session and, with credentials, log in; True when logged in."""
+    await session.open(settings, env, host)
+    if login is None:
+        return False
+    await session.login(*login)
+    return True
+
+
+async def connect_mailbox(
+    host: str,
+    port: int,
+    settings: MailboxSettings,
+    rec: Recorder,
+    env: Env,
+    *,
+    session: Callable[[Stream], _M],
+) -> _M:
+    """A greeted (and, with credentials, logged-in) session; raises StreamError or
+    SecretError. The caller closes ``session.stream``."""
+    login = secret_login(settings.username, settings.password, env)
+
+    async def start(opened: _M) -> None:
+        await greet_and_login(opened, settings, env, host, login)
+
+    return await connect_session(host, port, settings, rec, env, session=session, start=start)
