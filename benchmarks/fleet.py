@@ -85,10 +85,13 @@ class FleetSettings:
     run_dir: Path = Path()  # where the tls kind writes its CA and leaf
 
 
-class BannerProtocol(asyncio.Protocol):
-    """Greets like an SSH server, ignores what it reads, closes on EOF or after hold."""
+class HeldConnection(asyncio.Protocol):
+    """What every fleet kind shares: count the accept, send an optional greeting, close
+    after ``hold`` unless the client closed first, count how each connection ended."""
 
     __slots__ = ("_settings", "_timer", "_transport")
+
+    greeting = b""
 
     def __init__(self, settings: FleetSettings) -> None:
         self._settings = settings
@@ -99,64 +102,14 @@ class BannerProtocol(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport, so cast, not isinstance.
         self._transport = stream = cast(asyncio.Transport, transport)
         self._settings.counters.accepted += 1
-        stream.write(BANNER)
+        if self.greeting:
+            stream.write(self.greeting)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._settings.hold, self._hold_expired)
-
-    def data_received(self, data: bytes) -> None:
-        """A banner server ignores what the client says."""
 
     def eof_received(self) -> bool:
         self._settings.counters.closed_by_peer += 1
         return False  # let the transport close our side too
-
-    def _hold_expired(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._settings.counters.closed_by_hold += 1
-            self._transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._transport = None
-
-
-class HttpProtocol(asyncio.Protocol):
-    """One canned ``HTTP/1.1 200 OK`` per connection, then close (``Connection: close``).
-
-    Over TLS, ``connection_made`` runs after the handshake; a client that only
-    handshakes closes without a request, which ends here as EOF or a lost connection.
-    """
-
-    __slots__ = ("_head", "_settings", "_timer", "_transport")
-
-    def __init__(self, settings: FleetSettings) -> None:
-        self._settings = settings
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._head = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        self._settings.counters.accepted += 1
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._settings.hold, self._hold_expired)
-
-    def data_received(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        self._head += data
-        if b"\r\n\r\n" in self._head:
-            self._settings.counters.answered += 1
-            transport.write(HTTP_RESPONSE)
-            transport.close()  # flushes the reply first
-        elif len(self._head) > HTTP_HEAD_LIMIT:
-            transport.close()
-
-    def eof_received(self) -> bool:
-        self._settings.counters.closed_by_peer += 1
-        return False
 
     def _hold_expired(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -169,6 +122,43 @@ class HttpProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._transport = None
+
+
+class BannerProtocol(HeldConnection):
+    """Greets like an SSH server, ignores what it reads, closes on EOF or after hold."""
+
+    __slots__ = ()
+
+    greeting = BANNER
+
+    def data_received(self, data: bytes) -> None:
+        """A banner server ignores what the client says."""
+
+
+class HttpProtocol(HeldConnection):
+    """One canned ``HTTP/1.1 200 OK`` per connection, then close (``Connection: close``).
+
+    Over TLS, ``connection_made`` runs after the handshake; a client that only
+    handshakes closes without a request, which ends here as EOF or a lost connection.
+    """
+
+    __slots__ = ("_head",)
+
+    def __init__(self, settings: FleetSettings) -> None:
+        super().__init__(settings)
+        self._head = b""
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._head += data
+        if b"\r\n\r\n" in self._head:
+            self._settings.counters.answered += 1
+            transport.write(HTTP_RESPONSE)
+            transport.close()  # flushes the reply first
+        elif len(self._head) > HTTP_HEAD_LIMIT:
+            transport.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,25 +211,17 @@ IMAP_DIALOGUE = Dialogue(
 DIALOGUE_LINE_LIMIT = 4096  # a longer line gets no answer, just a close
 
 
-class DialogueProtocol(asyncio.Protocol):
+class DialogueProtocol(HeldConnection):
     """Greets, then answers each command line from a ``Dialogue``; closes after the
     closing command, on EOF, on an over-long line or after hold."""
 
-    __slots__ = ("_buf", "_dialogue", "_settings", "_timer", "_transport")
+    __slots__ = ("_buf", "_dialogue", "greeting")
 
     def __init__(self, settings: FleetSettings, dialogue: Dialogue) -> None:
-        self._settings = settings
+        super().__init__(settings)
         self._dialogue = dialogue
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.greeting = dialogue.greeting
         self._buf = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = stream = cast(asyncio.Transport, transport)
-        self._settings.counters.accepted += 1
-        stream.write(self._dialogue.greeting)
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._settings.hold, self._hold_expired)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
@@ -266,22 +248,6 @@ class DialogueProtocol(asyncio.Protocol):
             transport.close()
             return False
         return True
-
-    def eof_received(self) -> bool:
-        self._settings.counters.closed_by_peer += 1
-        return False
-
-    def _hold_expired(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._settings.counters.closed_by_hold += 1
-            self._transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
-            self._settings.counters.lost_with_error += 1
-        if self._timer is not None:
-            self._timer.cancel()
-        self._transport = None
 
 
 def dialogue_kind(dialogue: Dialogue) -> Callable[[FleetSettings], asyncio.Protocol]:

@@ -174,10 +174,6 @@ class IMAPSession:
         self.rec.set(SSL, 1.0 if self.stream.tls is not None else 0.0)
 
 
-def credentials(settings: IMAPSettings, env: Env) -> Login:
-    return secret_login(settings.username, settings.password, env)
-
-
 async def connect_and_login(
     host: str, port: int, settings: IMAPSettings, rec: Recorder, env: Env
 ) -> IMAPSession:
@@ -202,7 +198,7 @@ async def probe(target: Target, settings: IMAPSettings, rec: Recorder, env: Env)
         settings,
         rec,
         env,
-        login=lambda: credentials(settings, env),
+        login=lambda: secret_login(settings.username, settings.password, env),
         session=lambda stream: IMAPSession(stream, rec),
         converse=converse,
     )

@@ -132,10 +132,6 @@ class POP3Session:
         self.rec.set(SSL, 1.0 if self.stream.tls is not None else 0.0)
 
 
-def credentials(settings: POP3Settings, env: Env) -> Login:
-    return secret_login(settings.username, settings.password, env)
-
-
 async def connect_and_login(
     host: str, port: int, settings: POP3Settings, rec: Recorder, env: Env
 ) -> POP3Session:
@@ -160,7 +156,7 @@ async def probe(target: Target, settings: POP3Settings, rec: Recorder, env: Env)
         settings,
         rec,
         env,
-        login=lambda: credentials(settings, env),
+        login=lambda: secret_login(settings.username, settings.password, env),
         session=lambda stream: POP3Session(stream, rec),
         converse=converse,
     )
