@@ -391,23 +391,21 @@ class ToolRun:
     notes: list[str] = field(default_factory=list)
 
 
-def probed_startup(
-    i: int, base: Sequence[str], out: Path, fleet_pid: int, *, startup: Cost, notes: list[str]
-) -> None:
-    """One sample of probed scan's fixed cost: the same command over one closed loopback port
-    (refused at once). The host goes right after the module: probed's parser takes no
-    positional after an option."""
-    stdout = out / f"probed-startup-{i}.json"
+def startup_sample(
+    name: str, i: int, argv: Sequence[str], out: Path, fleet_pid: int, *, startup: Cost
+) -> str | None:
+    """One sample of a sweeper's fixed cost: the same command over one closed loopback port
+    (refused at once). Returns a note when the run did not give a one-row report."""
+    stdout = out / f"{name}-startup-{i}.json"
     with measured(fleet_pid, startup):
-        rc, _ = run_tool(
-            [*base[:3], "127.0.0.1:1", *base[3:]], stdout, out / f"probed-startup-{i}.err", 60
-        )
+        rc, _ = run_tool(argv, stdout, out / f"{name}-startup-{i}.err", 60)
     startup.processes += 1
-    if rc != EXIT_INCOMPLETE or not stdout.read_text().strip().startswith("["):
-        notes.append(f"start-up run {i}: exit status {rc}, not a one-row report")
+    if rc not in {0, EXIT_INCOMPLETE} or not stdout.read_text().strip().startswith("["):
+        return f"start-up run {i}: exit status {rc}, not a one-row report"
+    return None
 
 
-def read_probed_rows(stdout: Path, notes: list[str], label: str) -> dict[str, Verdict]:
+def read_rows(stdout: Path, notes: list[str], label: str) -> dict[str, Verdict]:
     try:
         rows = json.loads(stdout.read_text() or "[]")
     except json.JSONDecodeError:
@@ -416,46 +414,57 @@ def read_probed_rows(stdout: Path, notes: list[str], label: str) -> dict[str, Ve
     return {str(row["target"]): probed_verdict(row) for row in rows}
 
 
-def run_probed(
+def sweeper_argv(args: argparse.Namespace, name: str) -> tuple[list[str], list[str]]:
+    """The command of ``probed scan`` or of the floor, and what follows its targets.
+
+    Both sweep every target in one process: probed's ``starttls = "auto"`` and the floor
+    pick SMTP STARTTLS for port 25 themselves."""
+    if name == "floor":
+        floor = [sys.executable, str(ROOT / "benchmarks" / "heartbleed_floor.py")]
+        return floor, ["--concurrency", str(args.concurrency)]
+    tail = ["--format", "json", "--concurrency", str(args.concurrency)]
+    if args.probed_timeout:
+        tail += ["--timeout", args.probed_timeout]
+    return [str(args.probed), "scan", "heartbleed"], tail
+
+
+def run_sweeper(
+    name: str,
     args: argparse.Namespace,
     plan: Sequence[Target],
     out: Path,
     fleet_pid: int,
 ) -> tuple[ToolRun, Cost]:
-    """probed scan, once per STARTTLS flavour, ``--probed-runs`` times; plus its start-up cost."""
-    groups: dict[str | None, list[Target]] = {}
-    for target in plan:
-        groups.setdefault(target.case.starttls, []).append(target)
-    base = [str(args.probed), "scan", "heartbleed", "--format", "json"]
-    base += ["--concurrency", str(args.concurrency)]
-    if args.probed_timeout:
-        base += ["--timeout", args.probed_timeout]
-    result = ToolRun("probed", [t.address for t in plan])
+    """``probed scan`` (or the floor) over every target, ``--probed-runs`` times; plus the
+    start-up cost of one process, from ``--startup-runs`` samples."""
+    head, tail = sweeper_argv(args, name)
+    hosts = out / f"{name}-hosts.txt"
+    hosts.write_text("".join(f"{t.address}\n" for t in plan))
+    closed = out / "closed-port.txt"
+    closed.write_text("127.0.0.1:1\n")
+    result = ToolRun(name, [t.address for t in plan])
     startup = Cost()
     per_run: list[Cost] = []
     # Start-up samples and sweeps alternate, so that drifts of this machine hit both alike.
     for i in range(max(args.probed_runs, args.startup_runs)):
         if i < args.startup_runs:
-            probed_startup(i, base, out, fleet_pid, startup=startup, notes=result.notes)
+            argv = [*head, "--hosts-file", str(closed), *tail]
+            note = startup_sample(name, i, argv, out, fleet_pid, startup=startup)
+            if note:
+                result.notes.append(note)
         if i >= args.probed_runs:
             continue
         cost = Cost()
-        verdicts: dict[str, Verdict] = {}
-        for starttls, targets in groups.items():
-            flavour = starttls or "tls"
-            hosts = out / f"probed-hosts-{flavour}.txt"
-            hosts.write_text("".join(f"{t.address}\n" for t in targets))
-            argv = [*base, "--hosts-file", str(hosts)]
-            if starttls:
-                argv += ["--set", f"starttls={starttls}"]
-            stdout = out / f"probed-{i}-{flavour}.json"
-            with measured(fleet_pid, cost):
-                rc, killed = run_tool(argv, stdout, out / f"probed-{i}-{flavour}.err", 600)
-            cost.processes += 1
-            cost.killed += killed
-            if rc not in {0, 1, EXIT_INCOMPLETE}:
-                result.notes.append(f"run {i} {flavour}: exit status {rc}")
-            verdicts.update(read_probed_rows(stdout, result.notes, f"run {i} {flavour}"))
+        stdout = out / f"{name}-{i}.json"
+        with measured(fleet_pid, cost):
+            rc, killed = run_tool(
+                [*head, "--hosts-file", str(hosts), *tail], stdout, out / f"{name}-{i}.err", 600
+            )
+        cost.processes += 1
+        cost.killed += killed
+        if rc not in {0, 1, EXIT_INCOMPLETE}:
+            result.notes.append(f"run {i}: exit status {rc}")
+        verdicts = read_rows(stdout, result.notes, f"run {i}")
         per_run.append(cost)
         result.runs.append({"run": i, **asdict(cost)})
         if i == 0:
@@ -468,8 +477,8 @@ def run_probed(
         ]
         if flips or len(verdicts) != len(result.verdicts):
             result.notes.append(f"run {i}: verdicts differ from run 0 on {flips[:10]}")
-    for name in ("cpu_s", "cpu_user_s", "cpu_sys_s", "wall_s", "fleet_cpu_s"):
-        setattr(startup, name, getattr(startup, name) / args.startup_runs)
+    for field_name in ("cpu_s", "cpu_user_s", "cpu_sys_s", "wall_s", "fleet_cpu_s"):
+        setattr(startup, field_name, getattr(startup, field_name) / args.startup_runs)
     # The reported cost is the run with the median CPU (its own wall time with it).
     result.cost = sorted(per_run, key=lambda c: c.cpu_s)[len(per_run) // 2]
     return result, startup
@@ -833,7 +842,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--targets", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=4)
-    parser.add_argument("--tools", default="probed,nmap,testssl")
+    parser.add_argument("--tools", default="probed,floor,nmap,testssl")
     parser.add_argument("--probed", type=Path, default=ROOT / ".venv" / "bin" / "probed")
     parser.add_argument("--concurrency", type=int, default=256, help="probed scan --concurrency")
     parser.add_argument(
@@ -855,7 +864,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/out/...")
     args = parser.parse_args(argv)
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-    unknown = set(args.tools) - {"probed", "nmap", "testssl"}
+    unknown = set(args.tools) - {"probed", "floor", "nmap", "testssl"}
     if unknown:
         parser.error(f"unknown tools {sorted(unknown)}")
     if min(args.probed_runs, args.startup_runs, args.testssl_parallel) < 1:
@@ -878,7 +887,7 @@ def enter_netns(argv: Sequence[str]) -> None:
 @dataclass(slots=True)
 class Sweep:
     runs: list[ToolRun] = field(default_factory=list)
-    startup: Cost | None = None
+    startup: dict[str, Cost] = field(default_factory=dict)  # per process, by tool
     testssl_targets: list[Target] = field(default_factory=list)
     fleet_cpu_s: float = 0.0
 
@@ -890,8 +899,8 @@ def run_tools(args: argparse.Namespace, plan: Sequence[Target], out: Path) -> Sw
     try:
         for tool in args.tools:
             print(f"-- {tool} ...", flush=True)
-            if tool == "probed":
-                run, sweep.startup = run_probed(args, plan, out, fleet.pid)
+            if tool in {"probed", "floor"}:
+                run, sweep.startup[tool] = run_sweeper(tool, args, plan, out, fleet.pid)
             elif tool == "nmap":
                 run = run_nmap(args, plan, out, fleet.pid)
             else:
@@ -946,17 +955,18 @@ def cost_summary(
         full = len(plan) * testssl["cpu_s"] / testssl["targets"]
         testssl["estimate_full_cpu_s"] = round(full, 1)
         testssl["estimate_full_wall_s_at_least"] = round(full / (os.cpu_count() or 1), 1)
-    probed_run = next((r for r in sweep.runs if r.name == "probed"), None)
-    if probed_run is not None and sweep.startup is not None:
-        n = len(probed_run.targets)
-        groups = len({t.case.starttls for t in plan})
-        marginal = probed_run.cost.cpu_s - groups * sweep.startup.cpu_s
-        summary["probed"]["startup_cpu_s_per_process"] = round(sweep.startup.cpu_s, 3)
-        summary["probed"]["processes_per_sweep"] = groups
-        summary["probed"]["cpu_ms_per_target_excluding_startup"] = round(1000 * marginal / n, 4)
+    for run in sweep.runs:
+        startup = sweep.startup.get(run.name)
+        if startup is None:
+            continue
+        n = len(run.targets)
+        marginal = run.cost.cpu_s - run.cost.processes * startup.cpu_s
+        summary[run.name]["startup_cpu_s_per_process"] = round(startup.cpu_s, 3)
+        summary[run.name]["processes_per_sweep"] = run.cost.processes
+        summary[run.name]["cpu_ms_per_target_excluding_startup"] = round(1000 * marginal / n, 4)
         rows.append(
             [
-                f"probed, less {groups} x start-up ({sweep.startup.cpu_s:.3f} s each)",
+                f"{run.name}, less {run.cost.processes} x start-up ({startup.cpu_s:.3f} s each)",
                 str(n),
                 "",
                 f"{marginal:.3f}",
@@ -975,12 +985,18 @@ def ratios_and_goals(
     probed = summary.get("probed")
     if probed is None:
         return ratios, goals
-    for tool in ("nmap", "testssl.sh"):
+    for tool in ("nmap", "testssl.sh", "floor"):
         other = summary.get(tool)
         if other is not None:
             ratios[f"{tool} / probed, CPU per target"] = round(
                 other["cpu_ms_per_target"] / max(probed["cpu_ms_per_target"], 1e-9), 2
             )
+    floor = summary.get("floor", {})
+    key = "cpu_ms_per_target_excluding_startup"
+    if key in floor and key in probed:
+        ratios["probed / floor, CPU per target excluding start-up"] = round(
+            probed[key] / max(floor[key], 1e-9), 2
+        )
     if "nmap" in summary:
         ratios["nmap / probed, wall (same targets)"] = round(
             summary["nmap"]["wall_s"] / max(probed["wall_s"], 1e-9), 2
@@ -1081,7 +1097,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cases": [asdict(c) for c in CASES],
         "testssl_sample": [t.address for t in sweep.testssl_targets],
         "summary": summary,
-        "probed_startup": asdict(sweep.startup) if sweep.startup else None,
+        "startup": {name: asdict(cost) for name, cost in sweep.startup.items()},
         "probed_runs": probed_run.runs if probed_run else [],
         "ratios": ratios,
         "goals": goals,

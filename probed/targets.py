@@ -9,8 +9,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from probed.probes.base import Target
 
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
@@ -92,13 +90,18 @@ def _read_text(path: Path) -> str:
 
 def _parse_sd_document(path: Path, text: str) -> Any:
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".json":
+    if suffix == ".json":
+        try:
             return json.loads(text)
-        if suffix in {".yml", ".yaml"}:
+        except json.JSONDecodeError as exc:
+            raise TargetFileError([f"{path}: invalid JSON: {exc}"]) from None
+    if suffix in {".yml", ".yaml"}:
+        import yaml  # noqa: PLC0415 - only file_sd in YAML needs it; scan start-up does not
+
+        try:
             return yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise TargetFileError([f"{path}: invalid {suffix[1:].upper()}: {exc}"]) from None
+        except yaml.YAMLError as exc:
+            raise TargetFileError([f"{path}: invalid YAML: {exc}"]) from None
     raise TargetFileError([f"{path}: file_sd files end in .json, .yml or .yaml"])
 
 

@@ -220,6 +220,29 @@ async def test_scan_finds_the_vulnerable_ones(tmp_path: Path) -> None:
         assert "1 targets: 0 vulnerable, 0 could not be checked" in out
 
 
+async def test_scan_picks_starttls_by_well_known_port() -> None:
+    # One sweep over a mixed host:port list, as an operator writes it on day one: port 25
+    # and 143 speak STARTTLS first, 465 is direct TLS. The ports are the real ones, on an
+    # address of the test's own.
+    host = "127.0.0.61"
+    async with (
+        heartbleed_server("vulnerable", host=host, port=25, starttls="smtp"),
+        heartbleed_server("patched", host=host, port=143, starttls="imap"),
+        heartbleed_server("vulnerable", host=host, port=465),
+    ):
+        targets = [f"{host}:25", f"{host}:143", f"{host}:465"]
+        code, out, err = await _scan("heartbleed", *targets, "--format", "json")
+        assert code == 1, err
+        verdicts = {r["target"]: r["verdict"] for r in json.loads(out)}
+        assert verdicts == {targets[0]: "VULNERABLE", targets[1]: "ok", targets[2]: "VULNERABLE"}
+        # "none" forces direct TLS: the SMTP greeting is not TLS.
+        code, out, _ = await _scan(
+            "heartbleed", targets[0], "--set", "starttls=none", "--format", "json"
+        )
+        assert code == 3
+        assert json.loads(out)[0]["reason"] == "not_tls"
+
+
 async def test_scan_usage_errors(tmp_path: Path) -> None:
     code, _, err = await _scan("heartbleed")
     assert code == 2

@@ -23,6 +23,20 @@ STARTTLS_PROTOCOLS: tuple[StartTLS, ...] = (
     "postgres",
     "xmpp",
 )
+# What ``starttls = "auto"`` picks by the target's port, as nmap does: the IANA ports of
+# each plaintext protocol that upgrades. Implicit-TLS ports (443, 465, 993, 995, 990) and
+# every other port mean direct TLS.
+WELL_KNOWN_STARTTLS: dict[int, StartTLS] = {
+    21: "ftp",
+    25: "smtp",
+    587: "smtp",
+    110: "pop3",
+    143: "imap",
+    3306: "mysql",
+    5432: "postgres",
+    5222: "xmpp",
+    5269: "xmpp",
+}
 MAX_LINE = 8192
 MAX_REPLY_LINES = 512  # an SMTP EHLO reply has a few dozen; thousands means hostile
 _REPLY_LINE = re.compile(rb"^(\d{3})([ -])(.*?)\r?\n$", re.DOTALL)

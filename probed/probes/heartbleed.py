@@ -17,7 +17,7 @@ from pydantic import Field
 
 from probed.durations import Duration
 from probed.probes.base import Env, Family, ProbeSpec, Reason, Settings, Target
-from probed.probes.dialogue import StartTLS, negotiate
+from probed.probes.dialogue import WELL_KNOWN_STARTTLS, StartTLS, negotiate
 from probed.probes.stream import Address, Stream, StreamError, connect, resolve
 from probed.probes.tlsfacts import TLS_VERSION
 from probed.results import Recorder
@@ -81,7 +81,7 @@ _HANDSHAKE_REASON = {
 
 class HeartbleedSettings(Settings):
     port: int | None = Field(default=None, ge=1, le=65535)
-    starttls: StartTLS | None = None
+    starttls: StartTLS | Literal["auto", "none"] = "auto"
     versions: tuple[Literal["TLS12", "TLS11", "TLS10"], ...] = ("TLS12", "TLS11", "TLS10")
     sslv3: bool = False
     server_name: str | None = None
@@ -100,7 +100,8 @@ class _Attempt:
 async def probe(target: Target, settings: HeartbleedSettings, rec: Recorder, env: Env) -> bool:
     del env
     assert target.port is not None
-    rec.set(STARTTLS_INFO, 1.0, protocol=settings.starttls or "none")
+    starttls = _starttls(settings.starttls, target.port)
+    rec.set(STARTTLS_INFO, 1.0, protocol=starttls or "none")
     versions = [_VERSIONS[v] for v in settings.versions]
     if settings.sslv3:
         versions.append(_VERSIONS["SSL30"])
@@ -112,7 +113,9 @@ async def probe(target: Target, settings: HeartbleedSettings, rec: Recorder, env
         )
         for version in versions:
             attempts += 1
-            attempt = await _attempt(addresses[0], version, target, settings, rec)
+            attempt = await _attempt(
+                addresses[0], version, target, settings, rec, starttls=starttls
+            )
             result = attempt.result
             if not (isinstance(result, HandshakeError) and result.reason in _RETRY):
                 break
@@ -123,6 +126,12 @@ async def probe(target: Target, settings: HeartbleedSettings, rec: Recorder, env
         rec.set(ATTEMPTS, float(attempts))
     assert attempt is not None
     return _verdict(attempt, rec)
+
+
+def _starttls(setting: StartTLS | Literal["auto", "none"], port: int) -> StartTLS | None:
+    if setting == "auto":
+        return WELL_KNOWN_STARTTLS.get(port)
+    return None if setting == "none" else setting
 
 
 def _verdict(attempt: _Attempt, rec: Recorder) -> bool:
@@ -159,16 +168,22 @@ def _verdict(attempt: _Attempt, rec: Recorder) -> bool:
 
 
 async def _attempt(
-    address: Address, version: int, target: Target, settings: HeartbleedSettings, rec: Recorder
+    address: Address,
+    version: int,
+    target: Target,
+    settings: HeartbleedSettings,
+    rec: Recorder,
+    *,
+    starttls: StartTLS | None,
 ) -> _Attempt:
     exchange = HeartbleedExchange(
         version, settings.server_name, os.urandom(PAYLOAD_SIZE), max_bytes=HANDSHAKE_BUDGET
     )
     stream = await connect(address, rec, READ_LIMIT)
     with stream:
-        if settings.starttls is not None:
+        if starttls is not None:
             await negotiate(
-                settings.starttls, stream, rec, hostname=target.host, ehlo_name=settings.ehlo_name
+                starttls, stream, rec, hostname=target.host, ehlo_name=settings.ehlo_name
             )
         rec.debug("client hello", offered=version_name(version))
         stream.write(exchange.client_hello())

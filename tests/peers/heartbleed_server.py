@@ -652,6 +652,7 @@ async def heartbleed_server(
     mode: Mode | str,
     *,
     host: str = "127.0.0.1",
+    port: int = 0,
     starttls: StartTLS | str | None = None,
     max_version: int = 0x0303,
     heartbeat_extension: bool = True,
@@ -659,7 +660,8 @@ async def heartbleed_server(
     client_auth: bool = False,
     big_cert_size: int = 70_000,
 ) -> AsyncIterator[int]:
-    """Run a peer on ``host`` (loopback only) and an OS-chosen port; yields the port."""
+    """Run a peer on ``host`` (loopback only) and ``port`` (0: the OS picks); yields the
+    port."""
     config = PeerConfig(
         mode=Mode(mode),
         starttls=StartTLS(starttls) if starttls is not None else None,
@@ -670,9 +672,9 @@ async def heartbleed_server(
         big_cert_size=big_cert_size,
     )
     peer = HeartbleedPeer(config)
-    port = await peer.listen(host, 0)
+    bound = await peer.listen(host, port)
     try:
-        yield port
+        yield bound
     finally:
         await peer.close()
 
