@@ -15,6 +15,7 @@ from aiohttp import web
 from probed import config as config_mod
 from probed.config import Config, ConfigError, adhoc_job
 from probed.exposition import Exposition, SelfMetrics, job_labels, render_outcome
+from probed.reload import load_in_child
 from probed.report import report
 from probed.resources import Resources, new_event_loop
 from probed.runner import execute
@@ -81,8 +82,7 @@ class Daemon:
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                loop = asyncio.get_running_loop()
-                new = await loop.run_in_executor(None, config_mod.load, self.config.path)
+                new = await load_in_child(self.config.path, self.config)
             except ConfigError as exc:
                 self.metrics.reload_ok.set(0)
                 log.exception("reload failed; keeping the running configuration", error=str(exc))

@@ -159,6 +159,9 @@ class ConfigError(Exception):
         self.problems = problems
         super().__init__("\n".join(f"{source}: {p}" for p in problems))
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, list[str]]]:
+        return (ConfigError, (self.source, self.problems))  # crosses the reload pipe
+
 
 def suggest(name: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)

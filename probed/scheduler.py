@@ -108,7 +108,8 @@ class Scheduler:
         added = changed = unchanged = removed = 0
         for key, state in list(self._jobs.items()):
             spec = new.get(key)
-            if spec is not None and spec == state.spec:
+            # A reload hands back the running JobSpec object for an unchanged job.
+            if spec is not None and (spec is state.spec or spec == state.spec):
                 unchanged += 1
                 continue
             self._retire(state)

@@ -158,3 +158,13 @@ class ProbeSpec:
     families: tuple[Family, ...] = ()
     default_port: int | None = None
     parse_target: Callable[[str, Any], Target] | None = None
+
+    def __reduce__(self) -> tuple[Callable[[str], ProbeSpec], tuple[str]]:
+        # Pickled by name (a reload's jobs cross a pipe): the registry holds the one spec.
+        return (_registered, (self.name,))
+
+
+def _registered(name: str) -> ProbeSpec:
+    from probed.probes import PROBES  # noqa: PLC0415 - the registry imports this module
+
+    return PROBES[name]
