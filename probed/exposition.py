@@ -6,11 +6,19 @@ at 100,000 jobs that is the difference between seconds and tens of milliseconds 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import platform
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 import probed
 from probed.probes.base import (
@@ -44,6 +52,14 @@ def job_labels(module: str, target: str, labels: Iterable[tuple[str, str]]) -> s
     parts = [f'module="{escape_label(module)}"', f'target="{escape_label(target)}"']
     parts += [f'{k}="{escape_label(v)}"' for k, v in labels]
     return ",".join(parts)
+
+
+def running_tasks() -> float:
+    """Tasks alive in the running event loop (NaN when called outside one)."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return math.nan
 
 
 def render_outcome(labels: str, spec: ProbeSpec, outcome: Outcome) -> dict[Family, str]:
@@ -114,6 +130,13 @@ class SelfMetrics:
             ["module"],
             registry=r,
         )
+        # Read at scrape time: what a soak watches for leaks (tasks, descriptors, memory).
+        Gauge(
+            "probed_tasks", "asyncio tasks alive in the daemon's event loop.", registry=r
+        ).set_function(running_tasks)
+        # process_resident_memory_bytes, process_open_fds, process_max_fds,
+        # process_cpu_seconds_total, process_start_time_seconds, process_virtual_memory_bytes
+        ProcessCollector(registry=r)
         self._children: dict[tuple[int, str], Counter] = {}
 
     def child(self, metric: Counter, module: str) -> Counter:

@@ -8,6 +8,7 @@ import pkgutil
 from pathlib import Path
 
 import probed.probes
+from probed.exposition import SelfMetrics
 from probed.probes import PROBES
 from probed.probes.base import Family, Reason
 
@@ -34,4 +35,12 @@ def test_every_reason_is_documented() -> None:
 
 def test_every_metric_family_is_documented() -> None:
     missing = sorted(name for name in _families() if name not in README)
+    assert not missing, missing
+
+
+def test_every_daemon_metric_is_documented() -> None:
+    registry = SelfMetrics().registry
+    names = {metric.name for metric in registry.collect()}
+    assert "probed_tasks" in names
+    missing = sorted(name for name in names if f"`{name}" not in README)
     assert not missing, missing
