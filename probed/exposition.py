@@ -151,8 +151,52 @@ class SelfMetrics:
         return generate_latest(self.registry)
 
 
+_EMPTY = b""
+
+
+class _Block:
+    """The jobs of one probe type. Each job has a slot, the same in every family's list, so a
+    job costs one dict entry plus a pointer per family of its probe, not a dict entry per
+    family (at 100,000 jobs with ~15 families each that is ~60 MB less)."""
+
+    __slots__ = ("filled", "free", "slots", "texts")
+
+    def __init__(self) -> None:
+        self.slots: dict[JobKey, int] = {}
+        self.free: list[int] = []
+        self.texts: dict[Family, list[bytes]] = {}  # family -> text per slot (b"": none)
+        self.filled: dict[Family, int] = {}  # family -> slots with text
+
+    def slot(self, key: JobKey) -> int:
+        slot = self.slots.get(key)
+        if slot is None:
+            if self.free:
+                slot = self.free.pop()
+            else:
+                slot = len(self.slots)
+                for texts in self.texts.values():
+                    texts.append(_EMPTY)
+            self.slots[key] = slot
+        return slot
+
+    def put(self, family: Family, slot: int, text: bytes) -> None:
+        texts = self.texts.get(family)
+        if texts is None:
+            size = len(self.slots) + len(self.free)
+            texts = self.texts[family] = [_EMPTY] * size
+            self.filled[family] = 0
+        self.filled[family] += bool(text) - bool(texts[slot])
+        texts[slot] = text
+
+    def clear(self, slot: int) -> None:
+        for family, texts in self.texts.items():
+            if texts[slot]:
+                self.filled[family] -= 1
+                texts[slot] = _EMPTY
+
+
 class Exposition:
-    """Per-family dictionaries of per-job text; a scrape joins them.
+    """Per-job text, kept per probe type and family; a scrape joins it family by family.
 
     The text is kept as UTF-8 bytes: a scrape takes a list of references to them (a
     snapshot) and the server joins and compresses it a slice at a time, with no str page,
@@ -161,38 +205,45 @@ class Exposition:
 
     def __init__(self, self_metrics: SelfMetrics) -> None:
         self.self_metrics = self_metrics
-        self._families: dict[Family, dict[JobKey, bytes]] = {}
-        self._job_families: dict[JobKey, tuple[Family, ...]] = {}
-        # Jobs of one module mostly emit the same families: one shared tuple per set.
-        self._family_sets: dict[tuple[Family, ...], tuple[Family, ...]] = {}
+        self._blocks: dict[str, _Block] = {}  # probe name -> its jobs
+        self._block_of: dict[JobKey, _Block] = {}
 
     def publish(self, key: JobKey, labels: str, spec: ProbeSpec, outcome: Outcome) -> None:
+        block = self._blocks.get(spec.name)
+        if block is None:
+            block = self._blocks[spec.name] = _Block()
+        if self._block_of.get(key, block) is not block:  # the job changed probe type
+            self.remove(key)
+        self._block_of[key] = block
+        slot = block.slot(key)
         rendered = render_outcome(labels, spec, outcome)
-        for family in self._job_families.get(key, ()):
+        for family in block.texts:
             if family not in rendered:
-                del self._families[family][key]
+                block.put(family, slot, _EMPTY)
         for family, text in rendered.items():
-            per_job = self._families.get(family)
-            if per_job is None:
-                per_job = self._families[family] = {}
-            per_job[key] = text.encode("utf-8")
-        families = tuple(rendered)
-        self._job_families[key] = self._family_sets.setdefault(families, families)
+            block.put(family, slot, text.encode("utf-8"))
 
     def remove(self, key: JobKey) -> None:
-        for family in self._job_families.pop(key, ()):
-            self._families[family].pop(key, None)
+        block = self._block_of.pop(key, None)
+        if block is not None:
+            slot = block.slots.pop(key)
+            block.clear(slot)
+            block.free.append(slot)
 
     def __contains__(self, key: JobKey) -> bool:
-        return key in self._job_families
+        return key in self._block_of
 
     def _job_parts(self) -> list[bytes]:
+        by_family: dict[Family, list[list[bytes]]] = {}
+        for block in self._blocks.values():
+            for family, texts in block.texts.items():
+                if block.filled[family]:
+                    by_family.setdefault(family, []).append(texts)
         parts: list[bytes] = []
-        for family in sorted(self._families, key=lambda f: f.name):
-            per_job = self._families[family]
-            if per_job:
-                parts.append(family.header.encode("utf-8"))
-                parts.extend(per_job.values())
+        for family in sorted(by_family, key=lambda f: f.name):
+            parts.append(family.header.encode("utf-8"))
+            for texts in by_family[family]:
+                parts.extend(texts)
         return parts
 
     def render_jobs(self) -> str:
@@ -200,7 +251,8 @@ class Exposition:
 
     def render_parts(self) -> list[bytes]:
         """The page as a list of immutable parts, taken at one instant: a consistent
-        snapshot that costs a pointer per part, whatever runs finish while it is sent."""
+        snapshot that costs a pointer per part, whatever runs finish while it is sent.
+        Empty parts (b"") stand for jobs without that family; they join to nothing."""
         parts = self._job_parts()
         parts.append(self.self_metrics.render())
         return parts
