@@ -13,7 +13,8 @@ The child touches none of the parent's sockets or its loop, restores default sig
 handling before anything else (a signal meant for it must not reach the parent's loop
 through the inherited wake-up fd), writes one pickle and leaves with ``os._exit``. A child
 that does not answer within ``limit`` seconds is killed and the reload fails, keeping the
-running config.
+running config. When no pipe or process can be had (descriptor or task limits), the config is
+loaded in a thread as before: slower for the loop, but the reload still happens.
 """
 
 from __future__ import annotations
@@ -86,8 +87,16 @@ async def load_in_child(
 ) -> Config:
     """The config at ``path``, loaded in a forked child. Raises ConfigError."""
     loop = asyncio.get_running_loop()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    try:
+        read_fd, write_fd = os.pipe()
+    except OSError:  # out of descriptors: load here, as a thread of ours, rather than not at all
+        return await loop.run_in_executor(None, config_mod.load, path)
+    try:
+        pid = os.fork()
+    except OSError:  # out of processes (TasksMax) or memory: the same fallback
+        os.close(read_fd)
+        os.close(write_fd)
+        return await loop.run_in_executor(None, config_mod.load, path)
     if pid == 0:  # the child: never returns
         code = 1
         try:
