@@ -36,12 +36,18 @@ async def watch(
     """Poll forever; call ``on_change`` when the snapshot differs. Stat and glob run in a
     thread so a slow file system never stalls the event loop."""
     loop = asyncio.get_running_loop()
-    current = await loop.run_in_executor(None, snapshot, patterns())
+    baseline = list(patterns())
+    current = await loop.run_in_executor(None, snapshot, baseline)
     while True:
         await asyncio.sleep(interval())
-        watched = patterns()
+        watched = list(patterns())
         new = await loop.run_in_executor(None, snapshot, watched)
-        if new != current:
+        if watched != baseline:
+            # A reload from elsewhere (SIGHUP, POST /-/reload) switched to other files: they
+            # were just read, so they are the new baseline, not a change.
+            baseline, current = watched, new
+        elif new != current:
             await on_change()
             # Compare against what the reloaded config reads now.
-            current = await loop.run_in_executor(None, snapshot, patterns())
+            baseline = list(patterns())
+            current = await loop.run_in_executor(None, snapshot, baseline)
