@@ -33,6 +33,7 @@ from probed import config as config_mod
 from probed.config import Config, ConfigError, JobSpec
 
 DEFAULT_TIMEOUT = 120.0
+CHILD_NICE = 10
 _CHILD_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 # In the new order: an int is the index of the identical running job, else the new spec.
@@ -56,6 +57,10 @@ def _child(path: Path, running: Sequence[JobSpec], fd: int) -> None:
     for signum in _CHILD_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
+    # Yield the CPU to the daemon's loop when cores are short: a reload may take longer,
+    # the probes must not start late.
+    with contextlib.suppress(OSError):
+        os.nice(CHILD_NICE)
     payload: object
     try:
         new = config_mod.load(path)

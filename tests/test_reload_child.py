@@ -4,6 +4,7 @@ kills a child that hangs. Real files, a real fork, a real pipe."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import time
@@ -13,7 +14,7 @@ import pytest
 
 from probed import config as config_mod
 from probed.config import ConfigError
-from probed.reload import load_in_child
+from probed.reload import CHILD_NICE, load_in_child
 
 
 def _write(path: Path, hosts: list[str], *, expect: str = "^SSH-") -> Path:
@@ -29,6 +30,10 @@ def _write(path: Path, hosts: list[str], *, expect: str = "^SSH-") -> Path:
     )
     (path.parent / "hosts.txt").write_text("".join(f"{h}\n" for h in hosts))
     return path
+
+
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
 def _children() -> set[int]:
@@ -107,8 +112,12 @@ async def test_a_loader_that_hangs_is_killed(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "hosts.txt")
     before = _children()
     started = time.monotonic()
+    loading = asyncio.create_task(load_in_child(path, running, limit=1.0))
+    await asyncio.sleep(0.3)
+    (child,) = _children() - before
+    assert _nice(child) == os.nice(0) + CHILD_NICE, "the loader yields the CPU to the daemon"
     with pytest.raises(ConfigError, match="loading took longer than 1s"):
-        await load_in_child(path, running, limit=1.0)
+        await loading
     assert time.monotonic() - started < 5
     assert _children() <= before, "the killed child is reaped"
 
