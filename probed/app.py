@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from probed import config as config_mod
+from probed import malloc
 from probed.config import Config, ConfigError, adhoc_job
 from probed.exposition import Exposition, SelfMetrics, job_labels, render_outcome
 from probed.reload import load_in_child
@@ -100,6 +101,9 @@ class Daemon:
             stats = self.scheduler.apply(new.jobs)
             self.config = new
             self._loaded()
+            # The old config's garbage is freed now; hand the pages back (in a thread: it
+            # walks the heap).
+            await asyncio.get_running_loop().run_in_executor(None, malloc.trim)
             log.info(
                 "configuration reloaded",
                 jobs=len(new.jobs),
@@ -217,6 +221,7 @@ class Daemon:
 
 
 def run_daemon(path: Path, web_config_file: Path | None = None) -> int:
+    malloc.configure()
     cfg = config_mod.load(path)
     web_config = load_web_config(web_config_file) if web_config_file is not None else None
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
