@@ -20,6 +20,8 @@ unchanged job kept its result).
 ``Scheduler.apply``, a publish of one real outcome per job (each module's outcome from one
 real run against a tiny fleet), the render and gzip of ``/metrics``, with CPU (process time)
 and RSS after each step. Quick enough to check an optimisation (about 20 s at 100k).
+``--distinct-values``: each job's own durations and start, jobs published in random order
+(a live page, ~15 MB gzipped, not 5); ``--save-page FILE`` keeps the page (``bench_gzip.py``).
 
 Everything stays on 127.0.0.0/8; every wait is bounded and the fleets exit by themselves.
 """
@@ -36,6 +38,7 @@ import ipaddress
 import json
 import math
 import os
+import random
 import resource
 import shutil
 import subprocess
@@ -163,8 +166,10 @@ def listeners_needed(jobs: int, extra: int = 0) -> dict[str, int]:
     return need
 
 
-def addresses(kind: str, listeners: int, base_port: int = BASE_PORT) -> list[tuple[str, int]]:
-    first = ipaddress.IPv4Address(KINDS[kind].first_host)
+def addresses(
+    kind: str, listeners: int, base_port: int = BASE_PORT, kinds: dict[str, Kind] = KINDS
+) -> list[tuple[str, int]]:
+    first = ipaddress.IPv4Address(kinds[kind].first_host)
     return fleet.fleet_addresses(listeners, PORTS_PER_HOST, base_port, first)
 
 
@@ -189,9 +194,11 @@ def write_config(
     skip: int = 0,
     extra: int = 0,
     base_port: int = BASE_PORT,
+    kinds: dict[str, Kind] = KINDS,
 ) -> Path:
     """A probes.toml of ``jobs`` mixed jobs, one hosts file per module. ``skip`` leaves out
-    each module's first ``skip`` targets and ``extra`` adds as many past the end (reload)."""
+    each module's first ``skip`` targets and ``extra`` adds as many past the end (reload).
+    ``kinds``: where the fleets are (another benchmark's ranges, e.g. the soak's)."""
     counts = job_counts(jobs)
     lines = [
         "[server]",
@@ -210,7 +217,7 @@ def write_config(
         lines.append("")
     need = listeners_needed(jobs, extra)
     for m in MIX:
-        pool = addresses(m.kind, need[m.kind], base_port)
+        pool = addresses(m.kind, need[m.kind], base_port, kinds)
         targets = []
         for i in range(skip, counts[m.name] + extra):
             host, port = pool[i // m.per_listener]
@@ -259,11 +266,18 @@ def _check_fleets(procs: dict[str, subprocess.Popen[bytes]], run_dir: Path, star
 
 
 async def start_fleets(
-    need: dict[str, int], run_dir: Path, max_seconds: float, base_port: int = BASE_PORT
+    need: dict[str, int],
+    run_dir: Path,
+    max_seconds: float,
+    base_port: int = BASE_PORT,
+    *,
+    kinds: dict[str, Kind] = KINDS,
+    fleet_args: tuple[str, ...] = (),
 ) -> Fleets:
+    """One ``fleet.py`` per kind (``fleet_args``: more options for each, e.g. ``--flap``)."""
     procs: dict[str, subprocess.Popen[bytes]] = {}
     outs: dict[str, Path] = {}
-    for name, kind in KINDS.items():
+    for name, kind in kinds.items():
         outs[name] = run_dir / f"fleet-{name}.json"
         outs[name].unlink(missing_ok=True)  # written again once the fleet listens
         argv = [
@@ -277,6 +291,7 @@ async def start_fleets(
             "--backlog=512",
             f"--out={outs[name]}",
             f"--max-seconds={max_seconds:.0f}",
+            *fleet_args,
         ]
         procs[name] = harness.start_process(argv, run_dir / f"fleet-{name}.log")
     started = time.monotonic()
@@ -291,7 +306,7 @@ async def start_fleets(
     for name, path in outs.items():
         info = json.loads(path.read_text())
         got = [(t["host"], t["port"]) for t in info["targets"]]
-        if got != addresses(name, need[name], base_port):
+        if got != addresses(name, need[name], base_port, kinds):
             await fleets.stop()
             raise RuntimeError(f"fleet {name} listens elsewhere than the config assumes")
         if name == "tls":
@@ -325,31 +340,47 @@ async def sample_outcomes(cfg: Any) -> dict[str, Any]:
     return outcomes
 
 
-def streamed_scrape_cpu(exposition: Any) -> float:
-    """CPU of what the server does for a gzip scrape: snapshot, join and compress a slice
-    at a time (probed.server.metrics without the socket)."""
-    from probed.server import GZIP_LEVEL, STREAM_PARTS  # noqa: PLC0415
+def streamed_scrape_cpu(exposition: Any) -> tuple[float, float, int]:
+    """CPU (all, and of the snapshot alone) and gzip size of what the server does for a gzip
+    scrape: snapshot, join and compress a slice at a time (probed.server.metrics without the
+    socket and the thread)."""
+    from probed import server  # noqa: PLC0415
 
     cpu = time.process_time()
     parts = exposition.render_parts()
-    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    for start in range(0, len(parts), STREAM_PARTS):
-        compressor.compress(b"".join(parts[start : start + STREAM_PARTS]))
-    compressor.flush()
-    return time.process_time() - cpu
+    snapshot = time.process_time() - cpu
+    if hasattr(server, "compressor"):  # ISA-L when installed, else zlib
+        packer = server.compressor()
+    else:  # probed before the ISA-L change (--probed-src of an older tree)
+        packer = zlib.compressobj(server.GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    size = 0
+    for start in range(0, len(parts), server.STREAM_PARTS):
+        size += len(packer.compress(b"".join(parts[start : start + server.STREAM_PARTS])))
+    size += len(packer.flush())
+    return time.process_time() - cpu, snapshot, size
 
 
-def own_copy(outcome: Any) -> Any:
-    """The outcome as a run of its own would leave it: new floats, tuples and label text."""
+def own_copy(outcome: Any, rng: random.Random | None = None, now: float = 0.0) -> Any:
+    """The outcome as a run of its own would leave it: new floats, tuples and label text.
+
+    With ``rng`` (``--distinct-values``) also values of its own, as on a live page: the
+    durations are the sample's times 0.5-2 (full-precision floats, like perf_counter
+    differences) and the start is within the last minute, to the ms. Without, every job of
+    a module has the same values and the page compresses three times better than a live one.
+    """
 
     def fresh(text: str) -> str:
         return (text + " ")[:-1] if text else text
 
+    def vary(value: float) -> float:
+        return value * rng.uniform(0.5, 2.0) if rng else value + 1e-9
+
+    started = round(now - rng.uniform(0.0, 60.0), 3) if rng else outcome.started * 1.0
     return dataclasses.replace(
         outcome,
-        started=outcome.started * 1.0,
-        duration=outcome.duration + 1e-9,
-        phases=tuple((name, value + 1e-9) for name, value in outcome.phases),
+        started=started,
+        duration=vary(outcome.duration),
+        phases=tuple((name, vary(value)) for name, value in outcome.phases),
         samples=tuple((f, fresh(extra), value + 0.0) for f, extra, value in outcome.samples),
     )
 
@@ -399,36 +430,50 @@ async def inproc(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     figures["apply_wall_s"] = time.perf_counter() - wall
     gc.collect()
     figures["rss_after_apply_mib"] = rss_mib()
+    rng = random.Random(8) if args.distinct_values else None
+    order = list(cfg.jobs)
+    if rng:  # a daemon's first results come in no order: a job's neighbours on the page
+        rng.shuffle(order)  # are other modules' and targets' (in config order they share labels)
+    now = time.time()
     wall = time.perf_counter()
-    for job in cfg.jobs:
+    for job in order:
         # What a finished run does, with a result of the job's own (new floats, tuples).
         state: Any = scheduler._jobs[job.key]
+        outcome = own_copy(outcomes[job.module], rng, now)
         if hasattr(scheduler, "_publish"):
-            scheduler._publish(state, own_copy(outcomes[job.module]))
+            scheduler._publish(state, outcome)
         else:  # probed before issue 8 (--probed-src of an older tree)
-            state.outcome = own_copy(outcomes[job.module])
+            state.outcome = outcome
             exposition.publish(job.key, state.labels, job.spec, state.outcome)
     figures["publish_us_per_job"] = (time.perf_counter() - wall) / jobs * 1e6
     gc.collect()
     figures["rss_after_publish_mib"] = rss_mib()
-    renders, gzips, streams = [], [], []
+    renders, gzips, streams, snapshots = [], [], [], []
     page = packed = b""
+    streamed_bytes = None
     for _ in range(3):
         cpu = time.process_time()
         page = exposition.render()
         renders.append(time.process_time() - cpu)
+        if args.save_page:
+            args.save_page.write_bytes(page)
+            args.save_page = None
         cpu = time.process_time()
         packed = gzip.compress(page, 1)
         gzips.append(time.process_time() - cpu)
         del page
         if hasattr(exposition, "render_parts"):
-            streams.append(streamed_scrape_cpu(exposition))
+            seconds, snapshot, streamed_bytes = streamed_scrape_cpu(exposition)
+            streams.append(seconds)
+            snapshots.append(snapshot)
     figures.update(
         render_whole_page_cpu_s=min(renders),
         gzip1_whole_page_cpu_s=min(gzips),
         streamed_gzip_scrape_cpu_s=min(streams) if streams else None,
+        snapshot_cpu_s=min(snapshots) if snapshots else None,
         page_bytes=len(exposition.render()),
         page_gzip_bytes=len(packed),
+        streamed_gzip_bytes=streamed_bytes,
     )
     del packed
     wall, cpu = time.perf_counter(), time.process_time()
@@ -486,12 +531,24 @@ WANTED = [
 
 
 class Daemon:
-    def __init__(self, run_dir: Path, config: Path, listen: str, tag: str) -> None:
+    """``python -m probed run`` started in ``src`` (the tree, or a copy of its probed/);
+    ``launcher`` replaces ``-m probed`` (e.g. ``memwatch.py ... --``)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: Path,
+        listen: str,
+        tag: str,
+        *,
+        src: Path = REPO,
+        launcher: tuple[str, ...] = ("-m", "probed"),
+    ) -> None:
         self.url = f"http://{listen}"
         self.log_path = run_dir / f"probed-{tag}.log"
-        argv = [str(harness.VENV_PYTHON), "-m", "probed", "run", "-c", str(config)]
+        argv = [str(harness.VENV_PYTHON), *launcher, "run", "-c", str(config)]
         self.started = time.monotonic()
-        self.proc = harness.start_process(argv, self.log_path, cwd=REPO)
+        self.proc = harness.start_process(argv, self.log_path, cwd=src)
         with contextlib.suppress(OSError):
             # The fleet's share of descriptors is separate; 1000 runs in flight need few.
             resource.prlimit(self.proc.pid, resource.RLIMIT_NOFILE, (65536, 65536))
@@ -846,6 +903,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="--inproc: import probed from this tree (e.g. `git archive` of an older commit)",
+    )
+    parser.add_argument(
+        "--distinct-values",
+        action="store_true",
+        help="--inproc: each job its own durations and start time, as a live page has them",
+    )
+    parser.add_argument(
+        "--save-page", type=Path, default=None, help="--inproc: write the /metrics page here"
     )
     args = parser.parse_args(argv)
     if not all(100 <= n <= 200_000 for n in args.growth):

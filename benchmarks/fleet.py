@@ -29,6 +29,17 @@ Kinds (``FLEET_KINDS``):
 ``--first-host`` moves the whole fleet to another 127.x range, so fleets of several
 kinds (``bench_scale.py`` runs six) and other benchmarks can run side by side.
 
+``--flap SECONDS`` (the soak, ``soak.py``): every listener cycles through ``FLAP_CYCLE``,
+one step every SECONDS: ``healthy`` (the kind's protocol), ``refused`` (the listener is
+closed: connects are refused), ``stall`` (accepts, never sends a byte, closes after
+``--hold``: set it past the probe's timeout), ``close`` (accepts and closes at once),
+``reset`` (accepts and resets: SO_LINGER 0) and ``garbage`` (sends bytes of no protocol,
+then closes). A TLS kind does all but ``healthy`` in plain TCP, before any handshake. The
+schedule is deterministic (``flap_behaviour``): a function of the listener's index and the
+seconds since ``READY``. The ports of one host step together, hosts at staggered instants,
+and a host's ports sit on consecutive steps of the cycle, so no two of them fail the same
+way at once.
+
 To add a kind: write an ``asyncio.Protocol``, give it a ``FleetKind`` (with a
 ``tls`` factory if it speaks TLS) and register it in ``FLEET_KINDS``.
 """
@@ -38,12 +49,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
+import math
 import os
 import resource
 import signal
+import socket
 import ssl
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -75,6 +90,10 @@ class FleetCounters:
     closed_by_hold: int = 0
     answered: int = 0  # http/tls: requests answered
     lost_with_error: int = 0  # connection_lost with an exception (resets, TLS errors)
+    # --flap: connections accepted per behaviour, behaviour changes, listener rebinds
+    by_behaviour: dict[str, int] = field(default_factory=dict)
+    flips: int = 0
+    rebinds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +269,79 @@ class DialogueProtocol(HeldConnection):
         return True
 
 
+GARBAGE = b"\xff\xfe\x00\x80 fleet garbage \x1b[0m\x00\r\nnot any protocol\r\n"
+
+
+class StallProtocol(HeldConnection):
+    """Accepts and never answers; closes after hold (set it past the probe's timeout)."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        """A stalled server reads and ignores."""
+
+
+class CloseProtocol(HeldConnection):
+    """Accepts, sends ``greeting`` (none: a bare FIN), closes at once."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        transport.close()
+
+
+class GarbageProtocol(CloseProtocol):
+    """Sends bytes of no protocol (not a greeting, not a TLS record), then closes."""
+
+    __slots__ = ()
+
+    greeting = GARBAGE
+
+
+class ResetProtocol(HeldConnection):
+    """Accepts and resets the connection (SO_LINGER 0, then close: an RST, no FIN)."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        cast(asyncio.Transport, transport).abort()
+
+
+# One step per --flap period; half the steps healthy, each failure mode once.
+FLAP_CYCLE = (
+    "healthy",
+    "refused",
+    "healthy",
+    "stall",
+    "healthy",
+    "close",
+    "healthy",
+    "reset",
+    "healthy",
+    "garbage",
+)
+FLAP_PROTOCOLS: dict[str, Callable[[FleetSettings], asyncio.Protocol]] = {
+    "stall": StallProtocol,
+    "close": CloseProtocol,
+    "reset": ResetProtocol,
+    "garbage": GarbageProtocol,
+}
+GOLDEN = (math.sqrt(5) - 1) / 2  # hosts' step instants: spread evenly, never in step
+
+
+def flap_behaviour(index: int, ports_per_host: int, elapsed: float, period: float) -> str:
+    """What listener ``index`` does ``elapsed`` seconds after READY, stepping every
+    ``period``: the ports of a host step together (at a per-host instant within the
+    period) and sit on consecutive steps of ``FLAP_CYCLE``."""
+    stagger = (index // ports_per_host * GOLDEN) % 1.0
+    step = math.floor(elapsed / period + stagger)
+    return FLAP_CYCLE[(index + step) % len(FLAP_CYCLE)]
+
+
 def dialogue_kind(dialogue: Dialogue) -> Callable[[FleetSettings], asyncio.Protocol]:
     def protocol(settings: FleetSettings) -> asyncio.Protocol:
         return DialogueProtocol(settings, dialogue)
@@ -331,6 +423,95 @@ FLEET_KINDS: dict[str, FleetKind] = {
 }
 
 
+FLAP_TICK = 0.5  # seconds between schedule checks: a step lands at most this late
+
+
+@dataclass(slots=True)
+class FlappingListener:
+    index: int
+    host: str
+    port: int
+    behaviour: str = ""
+    shape: str = "closed"  # "closed" (refusing), "plain" or "tls"
+    server: asyncio.Server | None = None
+
+
+class Flapper:
+    """``--flap``: binds each listener as its behaviour of the moment needs, steps them on
+    the ``flap_behaviour`` schedule. The protocol of a new connection is the listener's
+    behaviour at accept time; a listener is closed or rebound only when it must refuse, or
+    (TLS kinds) switch between TLS and plain TCP."""
+
+    def __init__(
+        self,
+        kind: FleetKind,
+        settings: FleetSettings,
+        ssl_context: ssl.SSLContext | None,
+        addresses: list[tuple[str, int]],
+        args: argparse.Namespace,
+    ) -> None:
+        self.kind = kind
+        self.settings = settings
+        self.ssl_context = ssl_context
+        self.period: float = args.flap
+        self.ports_per_host: int = args.ports_per_host
+        self.backlog: int = args.backlog
+        self.listeners = [FlappingListener(i, h, p) for i, (h, p) in enumerate(addresses)]
+
+    def _protocol(self, listener: FlappingListener) -> asyncio.Protocol:
+        behaviour = listener.behaviour
+        counts = self.settings.counters.by_behaviour
+        counts[behaviour] = counts.get(behaviour, 0) + 1
+        if behaviour == "healthy":
+            return self.kind.protocol(self.settings)
+        return FLAP_PROTOCOLS[behaviour](self.settings)
+
+    def _shape(self, behaviour: str) -> str:
+        if behaviour == "refused":
+            return "closed"
+        return "tls" if behaviour == "healthy" and self.ssl_context is not None else "plain"
+
+    async def step(self, elapsed: float) -> None:
+        """Bring every listener to its behaviour at ``elapsed`` seconds after READY."""
+        loop = asyncio.get_running_loop()
+        counters = self.settings.counters
+        for listener in self.listeners:
+            behaviour = flap_behaviour(listener.index, self.ports_per_host, elapsed, self.period)
+            if behaviour == listener.behaviour:
+                continue
+            if listener.behaviour:
+                counters.flips += 1
+            listener.behaviour = behaviour
+            shape = self._shape(behaviour)
+            if shape == listener.shape:
+                continue
+            if listener.server is not None:
+                listener.server.close()  # at once: later connects are refused
+                listener.server = None
+            listener.shape = shape
+            if shape != "closed":
+                listener.server = await loop.create_server(
+                    functools.partial(self._protocol, listener),
+                    listener.host,
+                    listener.port,
+                    ssl=self.ssl_context if shape == "tls" else None,
+                    backlog=self.backlog,
+                    reuse_address=True,
+                )
+                counters.rebinds += 1
+
+    async def run(self, started: float) -> None:
+        """Step until cancelled (the fleet's stop or --max-seconds bounds it)."""
+        while True:
+            await self.step(time.monotonic() - started)
+            await asyncio.sleep(FLAP_TICK)
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            if listener.server is not None:
+                listener.server.close()
+
+
 def fleet_addresses(
     listeners: int,
     ports_per_host: int,
@@ -381,11 +562,16 @@ async def serve(args: argparse.Namespace) -> int:
     def factory() -> asyncio.Protocol:
         return kind.protocol(settings)
 
-    for host, port in addresses:
-        server = await loop.create_server(
-            factory, host, port, ssl=ssl_context, backlog=args.backlog, reuse_address=True
-        )
-        servers.append(server)
+    flapper: Flapper | None = None
+    if args.flap:
+        flapper = Flapper(kind, settings, ssl_context, addresses, args)
+        await flapper.step(0.0)
+    else:
+        for host, port in addresses:
+            server = await loop.create_server(
+                factory, host, port, ssl=ssl_context, backlog=args.backlog, reuse_address=True
+            )
+            servers.append(server)
     bind_seconds = time.monotonic() - started
 
     targets = {
@@ -397,6 +583,9 @@ async def serve(args: argparse.Namespace) -> int:
         "ports_per_host": args.ports_per_host,
         "banner": BANNER.decode() if kind.name == "banner" else None,
         "extra": extra,
+        "flap": {"period": args.flap, "cycle": FLAP_CYCLE, "hold": args.hold}
+        if args.flap
+        else None,
         "targets": [{"host": h, "port": p} for h, p in addresses],
     }
     tmp = out.with_suffix(out.suffix + ".tmp")
@@ -411,10 +600,17 @@ async def serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    stepping = asyncio.create_task(flapper.run(time.monotonic())) if flapper else None
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=args.max_seconds)
+    if stepping is not None:
+        stepping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stepping
     for server in servers:
         server.close()
+    if flapper is not None:
+        flapper.close()
     c = settings.counters
     print(
         json.dumps(
@@ -424,6 +620,9 @@ async def serve(args: argparse.Namespace) -> int:
                 "closed_by_hold": c.closed_by_hold,
                 "answered": c.answered,
                 "lost_with_error": c.lost_with_error,
+                "by_behaviour": c.by_behaviour,
+                "flips": c.flips,
+                "rebinds": c.rebinds,
                 "seconds": round(time.monotonic() - started, 1),
             }
         ),
@@ -459,9 +658,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-seconds", type=float, default=1800.0, help="exit by itself after this long"
     )
+    parser.add_argument(
+        "--flap",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="cycle every listener through FLAP_CYCLE, one step every SECONDS (0: off)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.listeners <= 60000:
         parser.error("--listeners must be in 1..60000")
+    if args.flap and args.flap < 1:
+        parser.error("--flap must be 0 (off) or at least 1 second")
     if args.first_host not in LOOPBACK:
         parser.error("--first-host must be in 127.0.0.0/8")
     if not 1 <= args.ports_per_host <= 64:

@@ -65,6 +65,11 @@ def status_field(pid: int, key: str) -> str:
     raise KeyError(f"{key} not in /proc/{pid}/status")
 
 
+def open_fds(pid: int) -> int:
+    """Descriptors the process holds now: the entries of /proc/PID/fd."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def peak_rss_mib(pid: int) -> float:
     """Peak resident set size (VmHWM) in MiB."""
     return status_kib(pid, "VmHWM") / 1024
