@@ -1,11 +1,13 @@
 """glibc's allocator, told to give memory back (Linux with glibc; a no-op elsewhere).
 
-A 30-minute soak (benchmarks/soak.py) showed the daemon's live allocations flat while glibc
-kept more and more freed memory (8 -> 55 MiB): glibc raises its mmap threshold to the size
-of the largest block freed so far, so after the first multi-MB `/metrics` page every later
-page is carved from the heap of whichever thread joined it, and stays there when freed.
-A fixed threshold keeps big blocks in their own mappings, returned to the kernel on free;
-``trim()`` hands back what the arenas hold free after a burst of garbage (a reload).
+A 30-minute soak (benchmarks/soak.py) showed the daemon's live allocations flat while RSS
+crept up by ~10 MiB/h: free memory kept by glibc becoming resident again, which one
+``malloc_trim(0)`` handed back. Two things are done about it. glibc raises its mmap
+threshold to the size of the largest block freed so far, so after the first multi-MB
+`/metrics` page every later one is carved from the heap of whichever thread joined it and
+stays there when freed; a fixed threshold keeps such blocks in their own mappings, returned
+to the kernel on free (tests/test_malloc.py shows the difference). And ``trim()`` hands back
+what the heaps hold free after a burst of garbage (a reload).
 """
 
 from __future__ import annotations
