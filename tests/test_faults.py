@@ -13,7 +13,6 @@ import contextlib
 import json
 import re
 import resource
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -22,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers import free_port, serve
+from tests.helpers import free_port, serve, stop_gracefully
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = 200
@@ -162,13 +161,7 @@ async def test_fd_limit_far_below_the_job_count(tmp_path: Path) -> None:
                 text = await _scrape(session, base)
                 assert not re.search(r"^probed_probe_errors_total\{.*\} [1-9]", text, re.M)
         finally:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await stop_gracefully(proc)
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers import banner, free_port, serve
+from tests.helpers import banner, free_port, serve, stop_gracefully
 
 LISTENERS = 100
 MODULES = ("m_a", "m_b", "m_c")  # m_a and m_b never change; m_c does in variant "changed"
@@ -162,13 +162,7 @@ async def test_reload_storm(tmp_path: Path) -> None:
                 watch = Watch(session, f"http://127.0.0.1:{listen}")
                 await _storm(watch, proc, config, listen, ports)
         finally:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await stop_gracefully(proc)
     assert proc.returncode == 0, log.read_text()[-3000:]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from probed.probes.base import Reason
 from tests import toml_text
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_gracefully
 from tests.hostile import report
 from tests.hostile.cases import CASES, PASSWORD_FILE, Case, ProbeUnderTest
 from tests.hostile.harness import (
@@ -122,13 +121,7 @@ async def test_daemon_keeps_serving_while_jobs_meet_hostile_peers(tmp_path: Path
             await _watch(f"http://127.0.0.1:{listen}", len(_DAEMON_JOBS))
             assert all(peer.connections >= 1 for peer in peers)
         finally:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await stop_gracefully(proc)
         assert proc.returncode == 0, log.read_text()[-3000:]
         assert '"level": "error"' not in log.read_text(), log.read_text()[-3000:]
 
