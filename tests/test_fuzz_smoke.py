@@ -14,7 +14,7 @@ HARNESSES = sorted(FUZZ.glob("fuzz_*.py"))
 
 
 def test_harnesses_exist() -> None:
-    assert {path.name for path in HARNESSES} >= {"fuzz_tls.py", "fuzz_mysql.py"}
+    assert {path.name for path in HARNESSES} >= {"fuzz_tls.py", "fuzz_mysql.py", "fuzz_http.py"}
 
 
 @pytest.mark.parametrize("harness", HARNESSES, ids=[path.stem for path in HARNESSES])

@@ -1,8 +1,8 @@
 """PROBES: the one registry that names every protocol.
 
 A probe's module is imported the first time its spec is looked up: a config that uses
-three protocols, or a `probed scan heartbleed`, does not pay for importing asyncssh,
-aiomysql and aiohttp's client.
+three protocols, or a `probed scan heartbleed`, does not pay for importing asyncssh
+and aiomysql.
 """
 
 from __future__ import annotations

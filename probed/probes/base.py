@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from probed.results import Recorder
     from probed.secrets import SecretStore
 
@@ -138,10 +136,6 @@ class Env(Protocol):
     def secrets(self) -> SecretStore: ...
 
     def ssl_context(self, key: Any, build: Callable[[], ssl.SSLContext]) -> ssl.SSLContext: ...
-
-    def http_session(self) -> aiohttp.ClientSession:
-        """The one shared HTTP client session (no cookie jar, no keep-alive between runs)."""
-        ...
 
 
 ProbeFn = Callable[[Target, Any, "Recorder", Env], Awaitable[bool]]

@@ -1,44 +1,41 @@
-"""``http``: one request (plus redirects) on the shared aiohttp session, blackbox-style.
+"""``http``: one request (plus redirects) per run, blackbox-style, over our own stream.
 
 A target is a URL, optionally pinned to a server: ``https://shop.example/cart via web1``
 asks ``web1`` (an address or a host name) for the site ``shop.example``, with ``Host`` and
 the TLS server name (SNI) of the site. That checks each virtual host of a shared server on
 that server, whatever DNS says. We always resolve the destination ourselves (the ``resolve``
-phase, ``ip_protocol`` preference) and hand aiohttp an address literal, so aiohttp never
-does DNS and a pinned and an unpinned target take the same path.
+phase, ``ip_protocol`` preference), so a pinned and an unpinned target take the same path.
+
+HTTP/1.1 is spoken directly on the shared ``Stream`` (connect, TLS on our own SSL object,
+bounded reads) with llhttp parsing the response (probed/probes/httpwire.py): a new
+connection per run (each run measures its own connect and handshake), ``Connection:
+close``, no cookies, no decompression unless a module asks for it (``compression``). An
+aiohttp client did the same at 2.7x the CPU per GET (benchmarks/RESULTS.md, "HTTP client").
 
 Phases follow blackbox_exporter (``probe_http_duration_seconds{phase}``), summed over the
-redirect hops: ``resolve`` (our DNS lookup), ``connect`` (aiohttp's connection start to the
-TCP connection, or to the connection for plain HTTP), ``tls`` (first to last step of the TLS
-handshake, observed through the context's ``sslobject_class``), ``processing`` (connection
-to parsed response headers; blackbox stops at the first byte), ``transfer`` (headers to
-the end of the body).
+redirect hops: ``resolve`` (our DNS lookup), ``connect`` (TCP), ``tls`` (the handshake),
+``processing`` (request sent to parsed response headers; blackbox stops at the first byte),
+``transfer`` (headers to the end of the body).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextvars
 import email.utils
 import re
-import socket
 import ssl
-import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Annotated, Any, Literal, Self
 
-import aiohttp
-from multidict import CIMultiDictProxy
 from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
 from yarl import URL
 
 import probed
-from probed.probes.base import PROBE_IP_PROTOCOL, Env, Family, ProbeSpec, Reason, Settings, Target
-from probed.probes.stream import StreamError, os_error, resolve
+from probed.probes.base import Env, Family, ProbeSpec, Reason, Settings, Target
+from probed.probes.httpwire import Headers, Response, request_head
+from probed.probes.stream import Stream, StreamError, connect, resolve
 from probed.probes.tlsfacts import FAMILIES as TLS_FAMILIES
-from probed.probes.tlsfacts import TLSSettings, build_context, record_facts, verify_reason
+from probed.probes.tlsfacts import TLSSettings, handshake, record_facts
 from probed.results import Recorder
 from probed.secrets import Secret, SecretError, SecretRef
 from probed.targets import parse_host_port
@@ -79,7 +76,9 @@ _SIZE_UNITS = {
     "GiB": 2**30,
 }
 _USERINFO = re.compile(r"://[^/@\s]*@")
-_TOO_LARGE_MARKS = ("Got more than", "Too many headers", "too long", "too large")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+READ_LIMIT = 65536
 _TARGET = re.compile(r"(?P<url>\S+)(?:\s+via\s+(?P<via>\S+))?")
 
 
@@ -175,7 +174,7 @@ class HTTPSettings(Settings):
     _ranges: tuple[tuple[int, int], ...] = PrivateAttr(default=((200, 299),))
     _body_must: tuple[re.Pattern[bytes], ...] = PrivateAttr(default=())
     _body_must_not: tuple[re.Pattern[bytes], ...] = PrivateAttr(default=())
-    _static_headers: dict[str, str] = PrivateAttr(default_factory=dict)
+    _request_lines: bytes = PrivateAttr(default=b"")
     _host_header: str | None = PrivateAttr(default=None)
 
     @field_validator("method")
@@ -183,6 +182,16 @@ class HTTPSettings(Settings):
     def _method(cls, value: str) -> str:
         if not _METHOD.fullmatch(value):
             raise ValueError(f'invalid method "{value}" (upper case, such as GET or POST)')
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_syntax(cls, value: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        for name, text in value:
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if any(c in text for c in "\r\n\0"):
+                raise ValueError(f"header {name}: value must not contain CR, LF or NUL")
         return value
 
     @field_validator("valid_status_codes")
@@ -208,7 +217,10 @@ class HTTPSettings(Settings):
         names = {name.lower() for name, _ in self.headers}
         if "authorization" in names and (self.basic_auth or self.bearer_token):
             raise ValueError('an "Authorization" header and basic_auth/bearer_token conflict')
-        defaults = {"User-Agent": f"probed/{probed.__version__}"}
+        for framing in ("content-length", "transfer-encoding", "connection"):
+            if framing in names:
+                raise ValueError(f'the "{framing}" header is set by probed itself')
+        defaults = {"User-Agent": f"probed/{probed.__version__}", "Accept": "*/*"}
         if self.compression:
             defaults["Accept-Encoding"] = self.compression
         for name, value in self.headers:
@@ -217,7 +229,8 @@ class HTTPSettings(Settings):
                 self._host_header = value
             else:
                 defaults[name] = value
-        self._static_headers = defaults
+        defaults["Connection"] = "close"
+        self._request_lines = "".join(f"{k}: {v}\r\n" for k, v in defaults.items()).encode()
         return self
 
     @property
@@ -225,9 +238,10 @@ class HTTPSettings(Settings):
         return self._ranges
 
     @property
-    def static_headers(self) -> dict[str, str]:
-        """Headers of every request except ``Host`` (defaults, then the module's)."""
-        return self._static_headers
+    def request_lines(self) -> bytes:
+        """Header lines of every request except ``Host`` and ``Authorization`` (defaults,
+        then the module's, then ``Connection: close``), CRLF-terminated."""
+        return self._request_lines
 
     @property
     def host_header(self) -> str | None:
@@ -304,160 +318,6 @@ def parse_target(raw: str, settings: Any) -> HTTPTarget:
     return HTTPTarget(raw=text, host=server.host, port=server.port, url=url, pinned=True)
 
 
-# -- the shared session and its observers -------------------------------------------------
-
-
-class _Hop:
-    """Phase clock of one request; fed by the trace callbacks and the TLS observer."""
-
-    __slots__ = ("phase", "rec", "since", "ssl_object")
-
-    def __init__(self, rec: Recorder) -> None:
-        self.rec = rec
-        self.phase = ""
-        self.since = 0.0
-        self.ssl_object: ssl.SSLObject | None = None
-
-    def enter(self, phase: str) -> None:
-        """Close the running phase (adding its time) and start ``phase`` ("" for none)."""
-        now = time.perf_counter()
-        if self.phase:
-            phases = self.rec.phases
-            phases[self.phase] = phases.get(self.phase, 0.0) + (now - self.since)
-        self.phase, self.since = phase, now
-        if phase:
-            self.rec.current_phase = phase
-
-
-# The request's clock, for code aiohttp calls without a request context (the SSL object).
-_CURRENT_HOP: contextvars.ContextVar[_Hop | None] = contextvars.ContextVar(
-    "probed_http_hop", default=None
-)
-
-
-class _ObservedSSLObject(ssl.SSLObject):
-    """Times the handshake and keeps the SSL object even when verification fails (the
-    connection is gone by the time aiohttp raises), so the chain's facts are exported."""
-
-    _probed_hop: _Hop | None = None
-
-    def do_handshake(self) -> None:
-        hop = self._probed_hop
-        if hop is None:
-            # The first step runs inside the request's task (loop.create_connection).
-            hop = _CURRENT_HOP.get()
-            if hop is not None:
-                self._probed_hop = hop
-                hop.ssl_object = self
-                hop.enter("tls")
-        super().do_handshake()
-        if hop is not None:
-            hop.enter("processing")
-
-
-def _hop_of(ctx: SimpleNamespace) -> _Hop | None:
-    hop = ctx.trace_request_ctx
-    return hop if isinstance(hop, _Hop) else None
-
-
-async def _on_connection_start(
-    session: aiohttp.ClientSession,
-    ctx: SimpleNamespace,
-    params: aiohttp.TraceConnectionCreateStartParams,
-) -> None:
-    hop = _hop_of(ctx)
-    if hop is not None:
-        hop.enter("connect")
-
-
-async def _on_connection_end(
-    session: aiohttp.ClientSession,
-    ctx: SimpleNamespace,
-    params: aiohttp.TraceConnectionCreateEndParams,
-) -> None:
-    hop = _hop_of(ctx)
-    if hop is not None and hop.phase == "connect":  # plain HTTP; TLS moved on already
-        hop.enter("processing")
-
-
-class _LiteralConnector(aiohttp.TCPConnector):
-    """One ``loop.create_connection(host=<address literal>)`` per connection: the loop's
-    numeric fast path, instead of aiohappyeyeballs' socket + sock_connect +
-    create_connection(sock=...). The target is always one address we resolved."""
-
-    # Overrides a private aiohttp method; tests/test_http.py pins its signature so an
-    # aiohttp upgrade that changes it fails loudly instead of silently.
-    async def _wrap_create_connection(
-        self,
-        *args: Any,
-        addr_infos: list[Any],
-        req: Any,
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature; the run's deadline rules
-        client_error: type[Exception] = aiohttp.ClientConnectorError,
-        **kwargs: Any,
-    ) -> Any:
-        if len(addr_infos) != 1:
-            return await super()._wrap_create_connection(
-                *args,
-                addr_infos=addr_infos,
-                req=req,
-                timeout=timeout,
-                client_error=client_error,
-                **kwargs,
-            )
-        family, _, proto, _, address = addr_infos[0]
-        (protocol_factory,) = args  # aiohttp passes everything else by keyword
-        try:
-            return await self._loop.create_connection(
-                protocol_factory,
-                host=address[0],
-                port=address[1],
-                family=family,
-                proto=proto,
-                **kwargs,
-            )
-        except ssl.SSLCertVerificationError as exc:
-            raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
-        except ssl.SSLError as exc:
-            raise aiohttp.ClientConnectorSSLError(req.connection_key, exc) from exc
-        except OSError as exc:
-            if exc.errno is None and isinstance(exc, asyncio.TimeoutError):
-                raise
-            raise client_error(req.connection_key, exc) from exc
-
-
-def new_session() -> aiohttp.ClientSession:
-    """The one session every http run shares (``Env.http_session()`` owns its life).
-
-    No cookie jar (nothing leaks between jobs), no keep-alive (each run measures its own
-    connect and handshake), no connection limits (the scheduler caps concurrency), no
-    aiohttp timeouts (the run's deadline is the only one), no decompression unless a module
-    asks for it (``compression``), as blackbox_exporter does.
-    """
-    trace = aiohttp.TraceConfig()
-    trace.on_connection_create_start.append(_on_connection_start)
-    trace.on_connection_create_end.append(_on_connection_end)
-    connector = _LiteralConnector(force_close=True, limit=0, limit_per_host=0, use_dns_cache=False)
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_read=None),
-        auto_decompress=False,
-        trace_configs=[trace],
-        raise_for_status=False,
-    )
-
-
-def _context(env: Env, settings: TLSSettings) -> ssl.SSLContext:
-    def build() -> ssl.SSLContext:
-        ctx = build_context(settings)
-        ctx.sslobject_class = _ObservedSSLObject
-        return ctx
-
-    # Its own cache key: the shared tlsfacts context stays untouched.
-    return env.ssl_context(("http", settings), build)
-
-
 # -- one run ------------------------------------------------------------------------------
 
 
@@ -466,7 +326,7 @@ class _Response:
     url: URL
     status: int
     version: tuple[int, int]
-    headers: CIMultiDictProxy[str]
+    headers: Headers
     content_length: int | None
     body: bytes | None
     body_length: int
@@ -487,7 +347,11 @@ def _authorization(settings: HTTPSettings, env: Env) -> str | None:
         pair = f"{settings.basic_auth.username}:{password.reveal()}".encode()
         return "Basic " + base64.b64encode(pair).decode("ascii")
     if settings.bearer_token is not None:
-        return "Bearer " + env.secrets.resolve(settings.bearer_token).reveal()
+        token = env.secrets.resolve(settings.bearer_token)
+        if any(c in token.reveal() for c in "\r\n\0"):
+            # It would end the header line early and inject what follows into the request.
+            raise SecretError(f"bearer token ({token.source}) contains CR, LF or NUL")
+        return "Bearer " + token.reveal()
     return None
 
 
@@ -580,152 +444,96 @@ async def _fetch(
     env: Env,
     first: bool,
 ) -> _Response | None:
-    """One request and its body; None after recording the failure."""
+    """One request and (unless it is a redirect we follow) its body; None after recording
+    the failure."""
     host, port = _destination(site, url)
     try:
         addresses = await resolve(
             host, port, rec, settings.ip_protocol, settings.ip_protocol_fallback
         )
+        stream = await connect(addresses[0], rec, READ_LIMIT, note_family=first)
     except StreamError as exc:
         rec.fail(exc.reason, exc.detail)
         return None
-    family, (address, _) = addresses[0]
-    if first:
-        rec.set(PROBE_IP_PROTOCOL, 6.0 if family == socket.AF_INET6 else 4.0)
-    headers = dict(settings.static_headers)
     custom_host = settings.host_header if url.raw_host == site.url.raw_host else None
-    headers["Host"] = custom_host or url.host_port_subcomponent or ""
-    if request.authorization is not None:
-        headers["Authorization"] = request.authorization
-    server_name = settings.tls_config.server_name or (
-        _host_only(custom_host) if custom_host else url.raw_host or ""
-    )
-    hop = _Hop(rec)
-    token = _CURRENT_HOP.set(hop)
-    rec.current_phase = "connect"
-    try:
-        return await _exchange(
-            env.http_session(),
-            url,
-            url.with_host(address).with_port(port),
-            request,
-            headers,
-            hop=hop,
-            settings=settings,
-            context=_context(env, settings.tls_config) if url.scheme == "https" else None,
-            server_name=server_name,
+    with stream:
+        tls = url.scheme == "https"
+        if tls:
+            name = _host_only(custom_host) if custom_host else url.raw_host or ""
+            if not await handshake(stream, env, settings.tls_config, name, rec, facts=False):
+                return None
+        extra = ""
+        if request.authorization is not None:
+            extra = f"Authorization: {request.authorization}\r\n"
+        data = request.data
+        length = len(data) if data is not None else None
+        if length is None and request.method in _BODY_METHODS:
+            length = 0
+        head = request_head(
+            request.method,
+            url.raw_path_qs,
+            custom_host or url.host_port_subcomponent or "",
+            extra=extra,
+            static=settings.request_lines,
+            body_length=length,
         )
-    except aiohttp.ClientError as exc:
-        _client_error(exc, hop, f"{address} port {port}")
-    finally:
-        hop.enter("")
-        _CURRENT_HOP.reset(token)
-    return None
-
-
-def _client_error(exc: aiohttp.ClientError, hop: _Hop, where: str) -> None:
-    """Record why aiohttp gave up, as a bounded reason."""
-    rec = hop.rec
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        cause = exc.certificate_error
-        if hop.ssl_object is not None:
-            record_facts(rec, hop.ssl_object, verified=False)
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            rec.fail(verify_reason(cause), f"certificate: {cause.verify_message}")
-        else:
-            rec.fail(Reason.TLS_CERT_INVALID, f"certificate: {cause}")
-    elif isinstance(exc, aiohttp.ClientConnectorSSLError):
-        rec.fail(Reason.TLS_HANDSHAKE, f"TLS handshake with {where}: {exc.os_error}")
-    elif isinstance(exc, aiohttp.ClientConnectorError):
-        failure = os_error(exc.os_error, f"connecting to {where}")
-        rec.fail(failure.reason, failure.detail)
-    elif isinstance(exc, aiohttp.ClientResponseError):
-        # aiohttp's parser errors reach us as text only (the type is dropped on the way).
-        text = " ".join(str(exc.message).split())
-        too_large = any(mark in text for mark in _TOO_LARGE_MARKS)
-        rec.fail(
-            Reason.TOO_LARGE if too_large else Reason.PROTOCOL_ERROR,
-            f"invalid response from {where}: {text[:200]}",
-        )
-    elif isinstance(exc, aiohttp.ServerDisconnectedError):
-        rec.fail(Reason.CONNECTION_CLOSED, f"{where} closed the connection in {hop.phase}")
-    elif isinstance(exc, aiohttp.ClientOSError):
-        failure = os_error(exc, f"{where} in {hop.phase}")
-        rec.fail(failure.reason, failure.detail)
-    else:
-        rec.fail(Reason.PROTOCOL_ERROR, f"{where}: {type(exc).__name__}: {str(exc)[:200]}")
+        try:
+            return await _exchange(
+                stream, head + (data or b""), url, request, settings=settings, rec=rec
+            )
+        except StreamError as exc:
+            rec.fail(exc.reason, f"{addresses[0][1][0]} port {port}: {exc.detail}")
+            return None
 
 
 async def _exchange(
-    session: aiohttp.ClientSession,
+    stream: Stream,
+    message: bytes,
     url: URL,
-    address_url: URL,
     request: _Request,
-    headers: dict[str, str],
     *,
-    hop: _Hop,
     settings: HTTPSettings,
-    context: ssl.SSLContext | None,
-    server_name: str,
-) -> _Response | None:
-    rec = hop.rec
-    async with session.request(
-        request.method,
-        address_url,
-        headers=headers,
-        data=request.data,
-        allow_redirects=False,
-        ssl=context if context is not None else False,
-        server_hostname=server_name if context is not None else None,
-        trace_request_ctx=hop,
-        auto_decompress=settings.compression not in ("", "identity"),
-        skip_auto_headers=() if settings.compression else ("Accept-Encoding",),
-    ) as resp:
-        hop.enter("transfer")
-        version = (resp.version.major, resp.version.minor) if resp.version else (1, 1)
-        if rec.log is not None:  # str(URL) is not free; only for a run that keeps its log
-            rec.debug("response", url=str(url), status=resp.status, length=resp.content_length)
-        body: bytes | None = None
-        length = 0
-        # A redirect we follow: its body is not read (the connection closes, no drain).
-        if not (settings.follow_redirects and resp.status in _REDIRECT_STATUSES):
-            keep = bool(settings.body_must_match or settings.body_must_not_match)
-            body, length = await _read_body(resp, settings.body_size_limit, keep=keep)
-        if length < 0:
-            resp.close()
-            rec.fail(
-                Reason.TOO_LARGE, f"body longer than body_size_limit {settings.body_size_limit}"
-            )
-            return None
-        return _Response(
-            url=url,
-            status=resp.status,
-            version=version,
-            headers=resp.headers,
-            content_length=resp.content_length,
-            body=body,
-            body_length=length,
-            tls=context is not None,
-            ssl_object=hop.ssl_object if context is not None else None,
+    rec: Recorder,
+) -> _Response:
+    """Send the request, read the head (phase ``processing``) and the body (``transfer``);
+    a HEAD response and a redirect we follow are not read past their head."""
+    keep = bool(settings.body_must_match or settings.body_must_not_match)
+    response = Response(
+        keep=keep,
+        limit=settings.body_size_limit,
+        decode=settings.compression not in ("", "identity"),
+    )
+    with rec.phase("processing"):
+        stream.write(message)
+        while not response.head_done:
+            await _read_into(stream, response)
+    with rec.phase("transfer"):
+        skip = request.method == "HEAD" or (
+            settings.follow_redirects and response.status in _REDIRECT_STATUSES
         )
+        while not (skip or response.done):
+            await _read_into(stream, response)
+    if rec.log is not None:  # str(URL) is not free; only for a run that keeps its log
+        rec.debug("response", url=str(url), status=response.status, length=response.length)
+    return _Response(
+        url=url,
+        status=response.status,
+        version=response.version,
+        headers=response.headers,
+        content_length=response.content_length,
+        body=response.body if keep else None,
+        body_length=response.length,
+        tls=stream.tls is not None,
+        ssl_object=stream.tls,
+    )
 
 
-async def _read_body(
-    resp: aiohttp.ClientResponse, limit: int, *, keep: bool
-) -> tuple[bytes | None, int]:
-    """The body (only when a regex needs it) and its length; length -1 past ``limit``."""
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        chunk = await resp.content.readany()
-        if not chunk:
-            break
-        total += len(chunk)
-        if limit and total > limit:
-            return None, -1
-        if keep:
-            chunks.append(chunk)
-    return (b"".join(chunks) if keep else None), total
+async def _read_into(stream: Stream, response: Response) -> None:
+    data = await stream.read_some(READ_LIMIT)
+    if data:
+        response.feed(data)
+    else:
+        response.finish()
 
 
 def _evaluate(response: _Response, settings: HTTPSettings, rec: Recorder) -> bool:
@@ -778,16 +586,16 @@ def _check(response: _Response, settings: HTTPSettings) -> tuple[Reason, str] | 
 def _regex_problem(response: _Response, settings: HTTPSettings) -> str:
     headers = response.headers
     for rule in settings.fail_if_header_matches:
-        values = headers.getall(rule.header, [])
-        if any(rule.pattern.search(v.encode("utf-8", "replace")) for v in values):
+        values = headers.getall(rule.header)
+        if any(rule.pattern.search(v) for v in values):
             return f"header {rule.header} matches /{rule.regexp}/"
     for rule in settings.fail_if_header_not_matches:
-        values = headers.getall(rule.header, [])
+        values = headers.getall(rule.header)
         if not values:
             if rule.allow_missing:
                 continue
             return f"header {rule.header} missing"
-        if not any(rule.pattern.search(v.encode("utf-8", "replace")) for v in values):
+        if not any(rule.pattern.search(v) for v in values):
             return f"header {rule.header} does not match /{rule.regexp}/"
     body = response.body or b""
     for pattern in settings.body_must_not_match:

@@ -341,11 +341,15 @@ class Stream(asyncio.Protocol):
         self.close()
 
 
-async def connect(address: Address, rec: Recorder, limit: int = 65536) -> Stream:
-    """Open a TCP connection (phase ``connect``) and return its Stream."""
+async def connect(
+    address: Address, rec: Recorder, limit: int = 65536, *, note_family: bool = True
+) -> Stream:
+    """Open a TCP connection (phase ``connect``) and return its Stream. ``note_family``:
+    record ``probe_ip_protocol`` (False for a run's later connections, e.g. redirects)."""
     family, sockaddr = address
     loop = asyncio.get_running_loop()
-    rec.set(PROBE_IP_PROTOCOL, 6.0 if family == socket.AF_INET6 else 4.0)
+    if note_family:
+        rec.set(PROBE_IP_PROTOCOL, 6.0 if family == socket.AF_INET6 else 4.0)
     with rec.phase("connect"):
         # One call with the address literal: the loop takes its numeric fast path (no
         # resolver thread), and this costs about a third less CPU than creating the socket

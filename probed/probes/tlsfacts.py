@@ -176,9 +176,17 @@ def verify_reason(exc: ssl.SSLCertVerificationError) -> Reason:
 
 
 async def handshake(
-    stream: Stream, env: Env, settings: TLSSettings, default_name: str, rec: Recorder
+    stream: Stream,
+    env: Env,
+    settings: TLSSettings,
+    default_name: str,
+    rec: Recorder,
+    *,
+    facts: bool = True,
 ) -> bool:
-    """TLS on ``stream`` (phase ``tls``); records facts; False with a reason on failure."""
+    """TLS on ``stream`` (phase ``tls``); False with a reason on failure. Records the
+    chain's facts on failed verification always, after success when ``facts`` (False: the
+    caller records them for the connection that counts, e.g. a redirect's last hop)."""
     context = context_for(env, settings)
     server_name = settings.server_name or default_name
     with rec.phase("tls"):
@@ -193,7 +201,7 @@ async def handshake(
         except StreamError as exc:
             return rec.fail(exc.reason, exc.detail)
     assert stream.tls is not None
-    verified = context.verify_mode != ssl.CERT_NONE
-    record_facts(rec, stream.tls, verified=verified)
+    if facts:
+        record_facts(rec, stream.tls, verified=context.verify_mode != ssl.CERT_NONE)
     rec.debug("tls established", version=stream.tls.version(), cipher=stream.tls.cipher())
     return True
