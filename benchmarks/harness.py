@@ -167,6 +167,8 @@ class PhaseResult:
     expected_probes: float = 0.0
     successes: int = 0
     cpu_ms_per_probe: float = math.nan
+    # The daemon's main thread alone (probed: the event loop; the rest is worker threads).
+    loop_cpu_s: float = math.nan
     lag_p50_ms: float = math.nan
     lag_p99_ms: float = math.nan
     lag_buckets: dict[str, float] = field(default_factory=dict)
@@ -348,6 +350,7 @@ class Samples:
     """CPU counters of everything we account, read together."""
 
     daemon: procstat.CpuSample
+    loop: procstat.CpuSample
     fleet: procstat.CpuSample
     harness: procstat.CpuSample
     machine: procstat.MachineSample
@@ -356,6 +359,7 @@ class Samples:
     def read(cls, daemon_pid: int, fleet_pid: int) -> Samples:
         return cls(
             daemon=procstat.process_cpu(daemon_pid),
+            loop=procstat.process_cpu(daemon_pid, daemon_pid),
             fleet=procstat.process_cpu(fleet_pid),
             harness=procstat.process_cpu(os.getpid()),
             machine=procstat.machine_cpu(),
@@ -365,6 +369,7 @@ class Samples:
 def fill_common(result: PhaseResult, start: Samples, end: Samples, pid: int) -> None:
     result.window_s = end.daemon.wall - start.daemon.wall
     result.cpu_s, result.user_s, result.system_s = procstat.cpu_delta(start.daemon, end.daemon)
+    result.loop_cpu_s = procstat.cpu_delta(start.loop, end.loop)[0]
     result.fleet_cpu_s = procstat.cpu_delta(start.fleet, end.fleet)[0]
     result.harness_cpu_s = procstat.cpu_delta(start.harness, end.harness)[0]
     busy, steal = procstat.machine_busy_cores(start.machine, end.machine)
@@ -667,6 +672,9 @@ def side_summary(phases: list[PhaseResult]) -> dict[str, Any]:
         "cpu_s": cpu,
         "probes": probes,
         "cpu_ms_per_probe": cpu * 1000 / probes if probes else math.nan,
+        "loop_cpu_ms_per_probe": (
+            sum(p.loop_cpu_s for p in phases) * 1000 / probes if probes else math.nan
+        ),
         "skipped": sum(p.skipped for p in phases),
         "lowest_success_ratio": min((success_ratio(p) for p in phases), default=math.nan),
         "peak_rss_mib": max((p.peak_rss_mib for p in phases), default=math.nan),
@@ -786,7 +794,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             continue
         line = (
             f"{side:<9} {s['cpu_ms_per_probe']:.4f} CPU-ms/probe "
-            f"(= CPU-s per 1,000 probes) over {s['probes']} probes, "
+            f"(= CPU-s per 1,000 probes; main thread {s['loop_cpu_ms_per_probe']:.4f}) "
+            f"over {s['probes']} probes, "
             f"peak RSS {s['peak_rss_mib']:.1f} MiB, skipped {s['skipped']}, "
             f"fleet {s['fleet_cpu_ms_per_probe']:.4f} ms/probe, "
             f"harness {s['harness_cpu_ms_per_probe']:.4f} ms/probe"

@@ -29,9 +29,11 @@ class CpuSample:
         return self.user + self.system
 
 
-def process_cpu(pid: int) -> CpuSample:
-    """Read utime and stime of ``pid`` (all threads) in seconds."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
+def process_cpu(pid: int, tid: int | None = None) -> CpuSample:
+    """Read utime and stime of ``pid`` (all threads) in seconds; with ``tid``, of that
+    thread alone (``tid == pid``: the main thread, where probed's event loop runs)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    raw = Path(path).read_text()
     # The command name is in parentheses and may itself hold spaces or ')'.
     fields = raw[raw.rindex(")") + 2 :].split()
     # fields[0] is field 3 (state) of proc(5); utime is field 14, stime field 15.

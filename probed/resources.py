@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from probed.secrets import SecretStore
@@ -19,12 +21,21 @@ class Resources:
     def __init__(self, secrets: SecretStore) -> None:
         self.secrets = secrets
         self._contexts: dict[Any, ssl.SSLContext] = {}
+        self._tls_pool: ThreadPoolExecutor | None = None
 
     def ssl_context(self, key: Any, build: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         ctx = self._contexts.get(key)
         if ctx is None:
             ctx = self._contexts[key] = build()
         return ctx
+
+    def tls_executor(self) -> Executor:
+        """Threads for the CPU of TLS handshakes (one per core): OpenSSL runs without the
+        GIL there while the loop goes on (``Stream.start_tls(offload=...)``)."""
+        if self._tls_pool is None:
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+            self._tls_pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="probed-tls")
+        return self._tls_pool
 
     async def closing(self, work: Awaitable[_T]) -> _T:
         """``await work``, then close (one-shot runs: CLI ``probe`` and ``scan``)."""
@@ -35,6 +46,9 @@ class Resources:
 
     async def close(self) -> None:
         self._contexts.clear()
+        if self._tls_pool is not None:
+            self._tls_pool.shutdown(wait=False, cancel_futures=True)
+            self._tls_pool = None
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

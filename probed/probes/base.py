@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import ssl
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -136,6 +137,10 @@ class Env(Protocol):
     def secrets(self) -> SecretStore: ...
 
     def ssl_context(self, key: Any, build: Callable[[], ssl.SSLContext]) -> ssl.SSLContext: ...
+
+    def tls_executor(self) -> Executor:
+        """Where the CPU-heavy steps of TLS handshakes run (OpenSSL releases the GIL)."""
+        ...
 
 
 ProbeFn = Callable[[Target, Any, "Recorder", Env], Awaitable[bool]]

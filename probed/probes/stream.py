@@ -10,12 +10,14 @@ paused, so a server that floods us costs at most ``limit`` bytes of memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import os
 import re
 import socket
 import ssl
+from concurrent.futures import Executor, Future
 from types import TracebackType
 from typing import Literal, cast
 
@@ -119,6 +121,11 @@ class Stream(asyncio.Protocol):
         # The first bytes the peer sent during the handshake: a server that answers a
         # STARTTLS in plaintext ("500 OOPS: ...") can then be told apart from a TLS failure.
         self._tls_head = bytearray()
+        # While a handshake step runs in a worker thread the SSL object and its BIOs are the
+        # thread's: bytes (and EOF) that arrive meanwhile wait here.
+        self._deferred: list[bytes] | None = None
+        self._deferred_eof = False
+        self._fed_in_step = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -126,6 +133,12 @@ class Stream(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._deferred is not None:
+            self._deferred.append(data)
+            if len(self._deferred) > 16 and not self._paused and self._transport:
+                self._transport.pause_reading()  # a flood during the step: wait for it
+                self._paused = True
+            return
         if self._tls_in is not None:
             self._tls_in.write(data)
             if self._tls_ready:
@@ -140,7 +153,9 @@ class Stream(asyncio.Protocol):
         self._wake()
 
     def eof_received(self) -> bool | None:
-        if self._tls_in is not None:
+        if self._deferred is not None:
+            self._deferred_eof = True
+        elif self._tls_in is not None:
             self._tls_in.write_eof()
             if self._tls_ready:
                 self._decrypt()
@@ -298,11 +313,16 @@ class Stream(asyncio.Protocol):
         context: ssl.SSLContext,
         server_name: str | None,
         session: ssl.SSLSession | None = None,
+        *,
+        offload: Executor | None = None,
     ) -> None:
         """Handshake on this connection; ``self.tls`` stays set even if it fails.
 
         ``session`` resumes a session of another connection (FTP data channels: servers
-        such as vsftpd require the control connection's session there)."""
+        such as vsftpd require the control connection's session there). ``offload``: run
+        each handshake step that has server bytes to process (certificate verification, key
+        exchange: the CPU of a handshake) in that executor; OpenSSL releases the GIL there,
+        so the event loop goes on with other runs meanwhile."""
         self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
         # The client speaks first in TLS: plaintext still buffered is the tail of the
         # STARTTLS reply (or a server talking out of turn), never handshake bytes.
@@ -314,16 +334,58 @@ class Stream(asyncio.Protocol):
         )
         while True:
             try:
-                self.tls.do_handshake()
+                if offload is not None and self._tls_in.pending:
+                    await self._step_in(offload, self.tls)
+                else:
+                    self.tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
                 self._flush_tls()
+                if self._fed_in_step:  # bytes arrived during an offloaded step: go on
+                    self._fed_in_step = False
+                    continue
                 if self._eof and self._tls_in.pending == 0:
                     raise self._closed_error("in the TLS handshake") from None
                 await self._wait()
         self._tls_ready = True
         self._flush_tls()
         self._decrypt()
+
+    async def _step_in(self, executor: Executor, tls: ssl.SSLObject) -> None:
+        """One ``do_handshake()`` in ``executor``; its outcome (or exception) here."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._deferred = []
+
+        def stepped(step: Future[None]) -> None:  # on the loop, once the thread is done
+            deferred, self._deferred = self._deferred or [], None
+            assert self._tls_in is not None
+            for data in deferred:
+                self._tls_in.write(data)
+                if len(self._tls_head) < _HEAD:
+                    self._tls_head += data[: _HEAD - len(self._tls_head)]
+            if self._deferred_eof:
+                self._tls_in.write_eof()
+            self._fed_in_step = bool(deferred) or self._deferred_eof
+            if waiter.done():  # the run was cancelled (its deadline) meanwhile
+                return
+            error = step.exception()
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+        def from_thread(step: Future[None]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the daemon is gone
+                loop.call_soon_threadsafe(stepped, step)
+
+        try:
+            executor.submit(tls.do_handshake).add_done_callback(from_thread)
+        except RuntimeError:  # the executor is shut down
+            self._deferred = None
+            tls.do_handshake()
+            return
+        await waiter
 
     def close(self) -> None:
         if self._transport is not None:
