@@ -609,7 +609,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         *watched,
         f"verdicts: {summary['verdicts']}",
         "FLAT" if summary["flat"] else "NOT FLAT",
-        "CLEAN" if summary["clean"] else "NOT CLEAN",
+        "CLEAN"
+        if summary["clean"]
+        else "NOT CLEAN: "
+        + (", ".join(k for k, ok in summary["verdicts"].items() if not ok) or "aborted"),
     ]
     return "\n".join(lines)
 

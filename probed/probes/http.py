@@ -10,7 +10,8 @@ HTTP/1.1 is spoken directly on the shared ``Stream`` (connect, TLS on our own SS
 bounded reads) with llhttp parsing the response (probed/probes/httpwire.py): a new
 connection per run (each run measures its own connect and handshake), ``Connection:
 close``, no cookies, no decompression unless a module asks for it (``compression``). An
-aiohttp client did the same at 2.7x the CPU per GET (benchmarks/RESULTS.md, "HTTP client").
+aiohttp client did the same for 1.4x the CPU per GET (0.66 against 0.47 CPU-ms;
+benchmarks/RESULTS.md, "Fleet scale", change 10).
 
 Phases follow blackbox_exporter (``probe_http_duration_seconds{phase}``), summed over the
 redirect hops: ``resolve`` (our DNS lookup), ``connect`` (TCP), ``tls`` (the handshake),
