@@ -47,6 +47,7 @@ class Daemon:
             cfg.server.max_concurrency,
             cfg.server.per_host_concurrency,
         )
+        self.env.in_flight = self.scheduler.in_flight
         self._ready = False
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()

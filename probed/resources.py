@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 from probed.secrets import SecretStore
 
 _T = TypeVar("_T")
+OFFLOAD_AT = 16
+"""Runs in flight from which TLS handshake steps go to worker threads."""
 
 
 class Resources:
@@ -22,6 +24,7 @@ class Resources:
         self.secrets = secrets
         self._contexts: dict[Any, ssl.SSLContext] = {}
         self._tls_pool: ThreadPoolExecutor | None = None
+        self.in_flight: Callable[[], int] = lambda: 0
 
     def ssl_context(self, key: Any, build: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         ctx = self._contexts.get(key)
@@ -29,9 +32,16 @@ class Resources:
             ctx = self._contexts[key] = build()
         return ctx
 
-    def tls_executor(self) -> Executor:
-        """Threads for the CPU of TLS handshakes (one per core): OpenSSL runs without the
-        GIL there while the loop goes on (``Stream.start_tls(offload=...)``)."""
+    def tls_offload(self) -> Executor | None:
+        """Threads for the CPU of TLS handshakes (one per core), or None: run it inline.
+
+        OpenSSL runs without the GIL there while the loop goes on with other runs
+        (``Stream.start_tls(offload=...)``), but each hand-off costs CPU of its own (0.1-0.3
+        ms, benchmarks/RESULTS.md). So only a busy daemon offloads: one with at least
+        ``OFFLOAD_AT`` runs in flight (``in_flight``, set by the daemon), where the loop
+        thread is the bottleneck; a quiet one keeps the cheaper inline handshake."""
+        if self.in_flight() < OFFLOAD_AT:
+            return None
         if self._tls_pool is None:
             workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
             self._tls_pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="probed-tls")

@@ -165,6 +165,10 @@ class Scheduler:
     def __len__(self) -> int:
         return len(self._jobs)
 
+    def in_flight(self) -> int:
+        """Runs going on now."""
+        return len(self._tasks)
+
     # -- the timer path -------------------------------------------------------------------
     def _push(self, state: JobState) -> None:
         heapq.heappush(self._heap, (state.due, next(self._sequence), state))

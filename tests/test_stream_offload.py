@@ -1,6 +1,6 @@
 """TLS handshake steps run in a worker thread (``Stream.start_tls(offload=...)``), against a
 real TLS server: the handshake completes, bytes arriving during a step are kept, a run
-cancelled during a step ends cleanly, and the daemon's env offloads by default."""
+cancelled during a step ends cleanly, and the daemon's env offloads only when busy."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from probed.probes.stream import Stream, connect
-from probed.resources import Resources
+from probed.resources import OFFLOAD_AT, Resources
 from probed.results import Recorder
 from probed.runner import execute
 from probed.secrets import SecretStore
@@ -149,15 +149,19 @@ async def test_cancelled_during_a_step_ends_cleanly(server_ca: CertAuthority) ->
     assert errors == []
 
 
-async def test_the_daemon_env_offloads_tls_runs(tmp_path: Path, server_ca: CertAuthority) -> None:
+@pytest.mark.parametrize("busy", [False, True])
+async def test_only_a_busy_daemon_offloads(
+    tmp_path: Path, server_ca: CertAuthority, busy: bool
+) -> None:
     server, _ = _contexts(server_ca)
     env = Resources(SecretStore(tmp_path, {}))
+    env.in_flight = lambda: OFFLOAD_AT if busy else OFFLOAD_AT - 1
     module = {"probe": "tls", "tls_config": {"ca_file": str(server_ca.ca_cert)}}
     try:
         async with serve(_echo_line, ssl_context=server) as port:
             outcome = await execute(job(tmp_path, module, f"localhost:{port}"), env)
-        names = {t.name for t in threading.enumerate()}
+        pool = env._tls_pool
     finally:
         await env.close()
     assert outcome.success, outcome.detail
-    assert any(name.startswith("probed-tls") for name in names)
+    assert (pool is not None) is busy

@@ -138,8 +138,9 @@ class Env(Protocol):
 
     def ssl_context(self, key: Any, build: Callable[[], ssl.SSLContext]) -> ssl.SSLContext: ...
 
-    def tls_executor(self) -> Executor:
-        """Where the CPU-heavy steps of TLS handshakes run (OpenSSL releases the GIL)."""
+    def tls_offload(self) -> Executor | None:
+        """Where the CPU-heavy steps of TLS handshakes run (OpenSSL releases the GIL), or
+        None to run them on the loop."""
         ...
 
 

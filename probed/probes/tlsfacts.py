@@ -191,7 +191,7 @@ async def handshake(
     server_name = settings.server_name or default_name
     with rec.phase("tls"):
         try:
-            await stream.start_tls(context, server_name, offload=env.tls_executor())
+            await stream.start_tls(context, server_name, offload=env.tls_offload())
         except ssl.SSLCertVerificationError as exc:
             if stream.tls is not None:
                 record_facts(rec, stream.tls, verified=False)
