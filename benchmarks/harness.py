@@ -794,8 +794,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             continue
         line = (
             f"{side:<9} {s['cpu_ms_per_probe']:.4f} CPU-ms/probe "
-            f"(= CPU-s per 1,000 probes; main thread {s['loop_cpu_ms_per_probe']:.4f}) "
-            f"over {s['probes']} probes, "
+            "(= CPU-s per 1,000 probes"
+            + (f"; main thread {s['loop_cpu_ms_per_probe']:.4f}" if side == "probed" else "")
+            + f") over {s['probes']} probes, "
             f"peak RSS {s['peak_rss_mib']:.1f} MiB, skipped {s['skipped']}, "
             f"fleet {s['fleet_cpu_ms_per_probe']:.4f} ms/probe, "
             f"harness {s['harness_cpu_ms_per_probe']:.4f} ms/probe"
