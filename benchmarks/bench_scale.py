@@ -430,6 +430,8 @@ async def inproc(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     figures["apply_wall_s"] = time.perf_counter() - wall
     gc.collect()
     figures["rss_after_apply_mib"] = rss_mib()
+    if args.gc_freeze:  # as the daemon does once its first config is scheduled
+        gc.freeze()
     rng = random.Random(8) if args.distinct_values else None
     order = list(cfg.jobs)
     if rng:  # a daemon's first results come in no order: a job's neighbours on the page
@@ -448,6 +450,11 @@ async def inproc(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     figures["publish_us_per_job"] = (time.perf_counter() - wall) / jobs * 1e6
     gc.collect()
     figures["rss_after_publish_mib"] = rss_mib()
+    wall = time.perf_counter()
+    gc.collect()  # what a full collection costs the loop in the steady state
+    figures["full_collection_s"] = time.perf_counter() - wall
+    figures["gc_tracked_objects"] = len(gc.get_objects())
+    figures["gc_frozen_objects"] = gc.get_freeze_count()
     renders, gzips, streams, snapshots = [], [], [], []
     page = packed = b""
     streamed_bytes = None
@@ -476,6 +483,17 @@ async def inproc(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         streamed_gzip_bytes=streamed_bytes,
     )
     del packed
+    changed = write_config(
+        run_dir,
+        jobs,
+        ca_file=fleets.ca_file,
+        listen="127.0.0.1:1",
+        interval=args.interval,
+        timeout=10.0,
+        skip=args.reload_changes,
+        extra=args.reload_changes,
+    )
+    figures["reload_on_loop"] = await reload_on_loop(scheduler, exposition, metrics, cfg, changed)
     wall, cpu = time.perf_counter(), time.process_time()
     reloaded = config_mod.load(path)
     figures["reload_load_cpu_s"] = time.process_time() - cpu
@@ -483,7 +501,7 @@ async def inproc(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     stats = scheduler.apply(reloaded.jobs)
     figures["reload_apply_s"] = time.perf_counter() - wall2
     figures["reload_total_wall_s"] = time.perf_counter() - wall
-    figures["reload_unchanged"] = stats.unchanged
+    figures["reload_unchanged"] = stats.unchanged  # the changed config, loaded again
     figures["reload_results_kept"] = sum(
         1 for job in reloaded.jobs if job.key in exposition and scheduler.outcome(job.key)
     )
@@ -494,6 +512,99 @@ async def inproc(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         )
     await scheduler.stop(0)
     return figures
+
+
+def minor_faults(pid: int | str = "self") -> int:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return int(raw[raw.rindex(")") + 2 :].split()[7])  # field 10 of proc(5): minflt
+
+
+async def reload_on_loop(
+    scheduler: Any, exposition: Any, metrics: Any, cfg: Any, changed: Path
+) -> dict[str, Any]:
+    """The daemon's own reload (``Daemon.reload``: forked child, rebuild, apply, trim) of
+    ``changed`` over the published state, with a 1 ms ticker on the loop and a gc callback:
+    where the loop is held (each stall over 5 ms, each collection over 1 ms, with their
+    offsets from the start of the reload), and the reload's own step times (its log line)."""
+    import structlog  # noqa: PLC0415
+
+    from probed.app import Daemon  # noqa: PLC0415
+
+    if not hasattr(Daemon, "reload"):
+        return {}
+    daemon = Daemon(cfg)
+    # The scheduler with every job's result stands in for the daemon's own; no run starts.
+    daemon.scheduler, daemon.exposition, daemon.metrics = scheduler, exposition, metrics
+    if scheduler._timer is not None:
+        scheduler._timer.cancel()
+        scheduler._timer = None
+    scheduler._timer_at = -math.inf  # _push never arms it again
+    original = cfg.path.read_bytes()
+    shutil.copyfile(changed, cfg.path)
+    clock = time.perf_counter
+    collections: list[tuple[float, int, float, int]] = []
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = clock()
+        else:
+            now = clock()
+            collections.append((gc_started[0], info["generation"], now - gc_started[0], 0))
+
+    gaps: list[tuple[float, float]] = []
+
+    async def tick() -> None:
+        last = clock()
+        while True:
+            await asyncio.sleep(0.001)
+            now = clock()
+            gaps.append((now, now - last))
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.2)
+    gc.callbacks.append(on_gc)
+    rss0, faults0 = rss_mib(), minor_faults()
+    started = clock()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            ok, message = await daemon.reload()
+        wall = clock() - started
+        faults = minor_faults() - faults0
+        await asyncio.sleep(0.5)
+    finally:
+        gc.callbacks.remove(on_gc)
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        cfg.path.write_bytes(original)
+    during = sorted(g for t, g in gaps if started <= t <= started + wall + 0.5)
+    done = [e for e in logs if e.get("event") == "configuration reloaded"]
+    return {
+        "ok": ok,
+        "message": message,
+        "wall_s": wall,
+        "steps_s": done[0].get("seconds") if done else None,
+        "rss_before_mib": rss0,
+        "rss_after_mib": rss_mib(),
+        "minor_faults": faults,
+        "tick_max_ms": during[-1] * 1000 if during else None,
+        "tick_p99_ms": during[int(len(during) * 0.99)] * 1000 if during else None,
+        "stalls_over_5ms": [
+            (round((t - g - started) * 1000, 1), round(g * 1000, 1))
+            for t, g in gaps
+            if g > 0.005 and t >= started
+        ],
+        "collections_over_1ms": [
+            (round((t - started) * 1000, 1), gen, round(d * 1000, 1))
+            for t, gen, d, _ in collections
+            if d > 0.001
+        ],
+        "collections": {
+            f"gen{gen}": sum(1 for c in collections if c[1] == gen) for gen in range(3)
+        },
+    }
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -691,11 +802,14 @@ async def measure_reload(
         if s.name == "probe_last_run_timestamp_seconds"
     }
     shutil.copyfile(changed, config)
-    started = time.monotonic()
+    started, started_unix = time.monotonic(), time.time()
+    faults, cpu = minor_faults(daemon.proc.pid), daemon.cpu()
     async with session.post(daemon.url + "/-/reload", timeout=SCRAPE_TIMEOUT) as r:
         message = (await r.text()).strip()
         status = r.status
     reload_s = time.monotonic() - started
+    faults = minor_faults(daemon.proc.pid) - faults
+    cpu_s = daemon.cpu().total - cpu.total
     text1, _ = await harness.scrape(session, daemon.url + "/metrics")
     after = promstats.parse_samples(text1, WANTED)
     now_run = {
@@ -712,6 +826,9 @@ async def measure_reload(
         "status": status,
         "message": message,
         "reload_s": reload_s,
+        "started_unix": started_unix,  # to line up with the daemon's log and --loopwatch
+        "daemon_cpu_s": cpu_s,  # the daemon's own (not the child's) CPU during the reload
+        "daemon_minor_faults": faults,  # copy-on-write faults while the child lives, mostly
         "jobs_before_with_result": len(last_run),
         "jobs_after_with_result": len(now_run),
         "unchanged_jobs_keeping_result": kept,
@@ -789,7 +906,12 @@ async def one_size(
     )
     live = run_dir / f"probes-{jobs}-live.toml"
     shutil.copyfile(config, live)
-    daemon = Daemon(run_dir, live, listen, str(jobs))
+    launcher: tuple[str, ...] = ("-m", "probed")
+    if args.loopwatch:
+        watch_out = run_dir / f"loopwatch-{jobs}.jsonl"
+        launcher = (str(harness.BENCH_DIR / "loopwatch.py"), "--out", str(watch_out), "--")
+    src = args.probed_src or REPO
+    daemon = Daemon(run_dir, live, listen, str(jobs), src=src, launcher=launcher)
     result: dict[str, Any] = {"jobs": jobs}
     try:
         result["load_and_start_s"] = await daemon.ready(session)
@@ -899,15 +1021,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reload-changes", type=int, default=100, help="per module")
     parser.add_argument("--py-spy", action="store_true", help="profile the top size's daemon")
     parser.add_argument(
+        "--loopwatch",
+        action="store_true",
+        help="run each daemon under loopwatch.py (loop stalls and gc passes, to a .jsonl)",
+    )
+    parser.add_argument(
         "--probed-src",
         type=Path,
         default=None,
-        help="--inproc: import probed from this tree (e.g. `git archive` of an older commit)",
+        help="import probed from this tree (e.g. `git archive` of an older commit): --inproc "
+        "in this process, else the daemons (run in it)",
     )
     parser.add_argument(
         "--distinct-values",
         action="store_true",
         help="--inproc: each job its own durations and start time, as a live page has them",
+    )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="--inproc: gc.freeze() once the config is scheduled, as the daemon does",
     )
     parser.add_argument(
         "--save-page", type=Path, default=None, help="--inproc: write the /metrics page here"

@@ -84,6 +84,7 @@ class Scheduler:
         self.max_concurrency = max_concurrency
         self.per_host_concurrency = per_host_concurrency
         self._jobs: dict[JobKey, JobState] = {}
+        self._per_module: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ready: deque[JobState] = deque()
         self._host_wait: dict[str, deque[JobState]] = {}
@@ -102,8 +103,7 @@ class Scheduler:
     # -- configuration ------------------------------------------------------------------
     def apply(self, specs: Iterable[JobSpec]) -> ApplyStats:
         """Swap in a new job set: unchanged jobs keep schedule and result."""
-        loop = self._loop = asyncio.get_running_loop()
-        self._wall_offset = time.time() - loop.time()
+        self._clock()
         new = {spec.key: spec for spec in specs}
         added = changed = unchanged = removed = 0
         for key, state in list(self._jobs.items()):
@@ -121,15 +121,52 @@ class Scheduler:
             if key not in self._jobs:
                 added += 1
                 self._add(spec, key)
-        self._metrics.jobs.clear()
-        for module, count in _count_modules(new.values()).items():
-            self._metrics.jobs.labels(module).set(count)
+        self._count()
         return ApplyStats(added - changed, removed, changed, unchanged)
+
+    def update(self, gone: Iterable[JobSpec], new: Iterable[JobSpec]) -> ApplyStats:
+        """Apply what a reload changes (``reload.Changes``): ``gone`` are running specs that
+        leave (removed, or replaced by a changed spec of ``new``), ``new`` the added and
+        changed specs; every other job stays as it is. The same result as ``apply`` of the
+        whole new job set, in time proportional to the changes rather than to the jobs (at
+        100,000 jobs ``apply`` holds the loop for 0.1-0.5 s)."""
+        self._clock()
+        retired: set[JobKey] = set()
+        for spec in gone:
+            state = self._jobs.get(spec.key)
+            if state is not None and (state.spec is spec or state.spec == spec):
+                self._retire(state)
+                retired.add(state.key)
+        added = changed = 0
+        for spec in new:
+            key = spec.key
+            state = self._jobs.get(key)
+            if state is not None:  # running under a spec ``gone`` did not name: replace it
+                self._retire(state)
+                retired.add(key)
+            if key in retired:
+                changed += 1
+            else:
+                added += 1
+            self._add(spec, key)
+        self._count()
+        return ApplyStats(added, len(retired) - changed, changed, len(self) - added - changed)
+
+    def _clock(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._wall_offset = time.time() - loop.time()
+
+    def _count(self) -> None:
+        """probed_jobs from the per-module counts (kept by _add and _retire)."""
+        self._metrics.jobs.clear()
+        for module, count in self._per_module.items():
+            self._metrics.jobs.labels(module).set(count)
 
     def _add(self, spec: JobSpec, key: JobKey) -> None:
         assert self._loop is not None
         state = JobState(spec, key)
         self._jobs[key] = state
+        self._per_module[spec.module] = self._per_module.get(spec.module, 0) + 1
         if self._stopping:
             return
         phase = schedule_phase(key, spec.interval)
@@ -149,6 +186,12 @@ class Scheduler:
             except ValueError:
                 self._host_wait.get(state.spec.host, deque()).remove(state)
         del self._jobs[state.key]
+        module = state.spec.module
+        left = self._per_module[module] - 1
+        if left:
+            self._per_module[module] = left
+        else:
+            del self._per_module[module]
         self._exposition.remove(state.key)
 
     def outcome(self, key: JobKey) -> Outcome | None:
@@ -327,10 +370,3 @@ class Scheduler:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
                 log.info("cancelled runs at shutdown", count=len(pending))
-
-
-def _count_modules(specs: Iterable[JobSpec]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for spec in specs:
-        counts[spec.module] = counts.get(spec.module, 0) + 1
-    return counts

@@ -5,7 +5,9 @@ kills a child that hangs. Real files, a real fork, a real pipe."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import random
 import resource
 import time
 from pathlib import Path
@@ -13,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from probed import config as config_mod
-from probed.config import ConfigError
-from probed.reload import CHILD_NICE, load_in_child
+from probed.config import ConfigError, JobSpec
+from probed.reload import CHILD_NICE, diff, load_in_child, rebuild, reload_in_child
 
 
 def _write(path: Path, hosts: list[str], *, expect: str = "^SSH-") -> Path:
@@ -70,6 +72,45 @@ async def test_unchanged_jobs_keep_their_objects_and_order(tmp_path: Path) -> No
     ]
     assert new.modules.keys() == running.modules.keys()
     assert new.jobs[0].spec is running.jobs[0].spec, "the probe registry's one spec"
+
+
+async def test_the_answer_names_what_changed_and_nothing_else(tmp_path: Path) -> None:
+    path = _write(tmp_path / "probes.toml", [f"127.0.0.1:{p}" for p in range(2000, 2300)])
+    running = config_mod.load(path)
+    _write(path, [f"127.0.0.1:{p}" for p in range(2010, 2305)])
+    new, changes = await reload_in_child(path, running)
+    assert changes is not None
+    gone = {f"127.0.0.1:{p}" for p in range(2000, 2010)}
+    assert {id(job) for job in changes.gone} == {
+        id(job) for job in running.jobs if job.target.raw in gone
+    }, "the running objects of the removed jobs"
+    added = {f"127.0.0.1:{p}" for p in range(2300, 2305)}
+    assert changes.new == tuple(job for job in new.jobs if job.target.raw in added)
+
+
+def test_diff_sends_runs_of_unchanged_jobs_and_rebuild_restores_the_order(tmp_path: Path) -> None:
+    path = _write(tmp_path / "probes.toml", [f"127.0.{i // 250}.{i % 250}:22" for i in range(500)])
+    running = config_mod.load(path).jobs
+    assert diff(running, running) == ([(0, len(running))], []), "one pair for an unchanged config"
+    rng = random.Random(9)
+    for _ in range(50):
+        new = list(running)
+        if rng.random() < 0.2:
+            rng.shuffle(new)
+        for _ in range(rng.randrange(20)):  # drop some
+            del new[rng.randrange(len(new))]
+        for _ in range(rng.randrange(20)):  # change some (a longer interval)
+            i = rng.randrange(len(new))
+            new[i] = dataclasses.replace(new[i], interval=new[i].interval + 1)
+        order, gone = diff(running, new)
+        assert rebuild(running, order) == tuple(new)
+        unchanged = [item for item in order if isinstance(item, tuple)]
+        assert sum(stop - start for start, stop in unchanged) == sum(
+            1 for job in new if job in running
+        )
+        assert all(isinstance(item, JobSpec) for item in order if not isinstance(item, tuple))
+        kept = {i for start, stop in unchanged for i in range(start, stop)}
+        assert sorted(gone) == [i for i in range(len(running)) if i not in kept]
 
 
 async def test_a_changed_module_changes_its_jobs_only(tmp_path: Path) -> None:

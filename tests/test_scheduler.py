@@ -6,7 +6,9 @@ import asyncio
 from pathlib import Path
 
 from probed import config as config_mod
+from probed.config import JobSpec
 from probed.exposition import Exposition, SelfMetrics
+from probed.reload import diff, rebuild
 from probed.resources import Resources
 from probed.scheduler import Scheduler, schedule_phase
 from tests.helpers import serve
@@ -143,3 +145,58 @@ async def test_reload_keeps_unchanged_drops_removed_adds_new(tmp_path: Path) -> 
         await asyncio.sleep(1.0)
         assert ("hold", c) in exposition
         await sched.stop(grace=1.0)
+
+
+async def test_update_with_a_reloads_changes_equals_apply(tmp_path: Path) -> None:
+    # Port 1 on loopback: nothing listens; with a 1 h interval no run is due during the test.
+    def build(hosts: range, expect: str) -> config_mod.Config:
+        raw = {
+            "defaults": {"interval": "1h", "timeout": "1s"},
+            "modules": {
+                "same": {"probe": "tcp"},
+                "edited": {"probe": "tcp", "query": [{"expect": expect}]},
+            },
+            "probes": [
+                {"module": m, "target": f"127.0.{h // 250}.{h % 250 + 1}:1"}
+                for h in hosts
+                for m in ("same", "edited")
+            ],
+        }
+        return config_mod.build(raw, tmp_path / "probes.toml")
+
+    old = build(range(300), "^a")
+    # 20 hosts go, 30 come, and every job of the edited module changes.
+    new = build(range(20, 330), "^b")
+    by_apply, _, apply_metrics = _scheduler(old)
+    by_update, _, update_metrics = _scheduler(old)
+    by_apply.apply(old.jobs)
+    by_update.apply(old.jobs)
+    before = dict(by_update._jobs)
+
+    order, gone = diff(old.jobs, new.jobs)
+    assert rebuild(old.jobs, order) == new.jobs
+    stats = by_update.update(
+        [old.jobs[i] for i in gone], [job for job in order if isinstance(job, JobSpec)]
+    )
+    assert stats == by_apply.apply(new.jobs)
+    assert (stats.added, stats.removed, stats.changed, stats.unchanged) == (60, 40, 280, 280)
+    assert by_update._jobs.keys() == by_apply._jobs.keys() == {job.key for job in new.jobs}
+    for job in new.jobs:
+        state = by_update._jobs[job.key]
+        assert state.spec == job
+        if job.module == "same" and job.key in before:  # unchanged: the same state, same due
+            assert state is before[job.key]
+        else:
+            assert state is not before.get(job.key)
+        assert abs(state.due - by_apply._jobs[job.key].due) < 0.01
+    for module in ("same", "edited"):
+        sample = update_metrics.registry.get_sample_value("probed_jobs", {"module": module})
+        assert sample == 310
+        assert sample == apply_metrics.registry.get_sample_value("probed_jobs", {"module": module})
+    # A module that loses all its jobs leaves probed_jobs, as with apply.
+    only_same = [job for job in new.jobs if job.module == "same"]
+    by_update.update([job for job in new.jobs if job.module == "edited"], [])
+    assert by_update.apply(only_same).unchanged == 310
+    assert update_metrics.registry.get_sample_value("probed_jobs", {"module": "edited"}) is None
+    await by_apply.stop(0)
+    await by_update.stop(0)
