@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from probed.secrets import SecretStore
 
 _T = TypeVar("_T")
-OFFLOAD_AT = 4
+OFFLOAD_AT = 16
 """Runs in flight from which TLS handshake steps go to worker threads."""
 
 
