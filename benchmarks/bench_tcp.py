@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/bench_tcp.py --jobs 5000 --interval 10s --duration 60s
 
 Each side connects to a fleet listener, expects ``^SSH-2.0-`` in the first line
-and closes. See benchmarks/README.md for what each figure means.
+and closes. The ``plugins`` side runs ``check_tcp -e SSH-2.0-`` once per check (a
+substring match on what the listener sent: check_tcp has no anchor). See
+benchmarks/README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ TCP_BANNER = harness.Workload(
         "prober": "tcp",
         "tcp": {"query_response": [{"expect": "^SSH-2.0-"}]},
     },
+    # Exit 0 when the reply holds "SSH-2.0-"; a mismatch is WARNING (1), a refusal CRITICAL.
+    plugins_command=(
+        str(harness.PLUGINS_DIR / "check_tcp"),
+        *("-H", "{host}", "-p", "{port}", "-e", "SSH-2.0-", "-t", "{timeout}"),
+    ),
 )
 
 

@@ -6,7 +6,12 @@
 Each side connects to a fleet listener (127.1.x.y:PORT), does a TLS handshake that
 verifies the fleet's certificate against the fleet's trustme CA for the server name
 ``localhost``, and closes: probed's ``tls`` probe, blackbox_exporter's ``tcp`` prober
-with ``tls: true``, floor.py's ``create_connection(ssl=ctx)``. The certificate is
+with ``tls: true``, floor.py's ``create_connection(ssl=ctx)``. The ``plugins`` side
+runs ``check_curl --ssl --verify-cert --ca-cert <fleet CA>`` with the server name as
+``-H`` and the listener as ``-I``: the only monitoring-plugins check that verifies chain
+and name, and it sends a ``GET /`` over the connection too (the fleet answers it); a
+plugin without verification is ``--plugins-cmd "/usr/lib/nagios/plugins/check_tcp -S
+--sni {server_name} -H {host} -p {port} -t {timeout}"``. The certificate is
 ECDSA P-256 unless ``--fleet-args="--tls-key rsa"`` (RSA 2048). See
 benchmarks/README.md for what each figure means.
 """
@@ -35,6 +40,13 @@ TLS_HANDSHAKE = harness.Workload(
         "prober": "tcp",
         "tcp": {"preferred_ip_protocol": "ip4", "tls": True, "tls_config": TLS_CONFIG},
     },
+    # libcurl with CURLOPT_SSL_VERIFYPEER/VERIFYHOST against the fleet's CA, the name as the
+    # URL's host (pinned to the listener's address by CURLOPT_RESOLVE), then GET /.
+    plugins_command=(
+        str(harness.PLUGINS_DIR / "check_curl"),
+        *("--ssl", "--verify-cert", "--ca-cert", "{ca_file}"),
+        *("-H", "{server_name}", "-I", "{host}", "-p", "{port}", "-u", "/", "-t", "{timeout}"),
+    ),
 )
 
 

@@ -15,6 +15,11 @@ measures a window:
   buckets over the window, bucket-interpolated like PromQL histogram_quantile.
 - Peak RSS: VmHWM from /proc/PID/status at the end of the window.
 
+A third and fourth side can join a run: ``floor`` (floor.py, a bare uvloop client doing
+the same checks) and ``plugins`` (plugins.py, the workload's monitoring-plugins check,
+fork+exec per check as Nagios runs it; the side's CPU is that of the reaped plugin
+processes, the runner's own CPU is reported apart, like the blackbox driver's).
+
 A workload (``Workload``) names the fleet kind and the module both daemons run;
 ``bench_tcp.py`` defines the TCP banner one, ``bench_http.py`` the HTTP GET one and
 ``bench_tls.py`` the TLS handshake one. A module value the fleet only knows once it
@@ -59,6 +64,7 @@ BENCH_DIR = REPO / "benchmarks"
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 PROBED_SCRIPT = REPO / ".venv" / "bin" / "probed"
 BLACKBOX = Path("/usr/bin/prometheus-blackbox-exporter")
+PLUGINS_DIR = Path("/usr/lib/nagios/plugins")  # Debian's monitoring-plugins-basic/standard
 # What Prometheus 2.x sends, so probed serves the page it would serve in production.
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
@@ -70,7 +76,7 @@ SKIPS = "probed_runs_skipped_total"
 ERRORS = "probed_probe_errors_total"
 IN_FLIGHT = "probed_runs_in_flight"
 SUCCESS = "probe_success"
-SIDES = ("probed", "blackbox", "floor")
+SIDES = ("probed", "blackbox", "floor", "plugins")
 START_TIMEOUT = 120.0  # seconds a daemon may take to answer after exec
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 
@@ -122,6 +128,10 @@ class Workload:
     probed_module: dict[str, Any]  # the [modules.NAME] table of probes.toml
     blackbox_module: dict[str, Any]  # the modules.NAME entry of blackbox.yml
     target: Callable[[dict[str, Any]], str] = lambda t: f"{t['host']}:{t['port']}"
+    # The monitoring-plugins check (the "plugins" side): argv with {host}, {port},
+    # {timeout} (whole seconds) and the fleet's extra values ({ca_file}, {server_name}),
+    # filled per target by plugins.py.
+    plugins_command: tuple[str, ...] = ()
 
     def for_fleet(self, extra: dict[str, Any]) -> Workload:
         """This workload with every ``FleetExtra`` replaced by the fleet's value."""
@@ -144,10 +154,12 @@ class BenchSettings:
     max_concurrency: int
     per_host_concurrency: int
     driver_concurrency: int
+    plugins_concurrency: int
     ports_per_host: int
     base_port: int
     fleet_args: tuple[str, ...]
     probed_cmd: tuple[str, ...] | None
+    plugins_cmd: tuple[str, ...] | None
     snapshot: bool
     out_dir: Path
     command: str
@@ -177,6 +189,8 @@ class PhaseResult:
     threads: int = 0
     fleet_cpu_s: float = 0.0
     harness_cpu_s: float = 0.0
+    # plugins side: the runner's own CPU (plays the Nagios core; charged to neither side)
+    runner_cpu_s: float = math.nan
     machine_busy_cores: float = 0.0
     machine_steal_cores: float = 0.0
     other_busy_cores: float = 0.0
@@ -661,6 +675,99 @@ async def floor_phase(
     return result
 
 
+def _lag_buckets(status: dict[str, Any]) -> dict[float, float]:
+    return {float(k.replace("+Inf", "inf")): float(v) for k, v in status["lag_buckets"].items()}
+
+
+async def plugins_phase(
+    settings: BenchSettings, workload: Workload, fleet: Fleet, run_dir: Path, round_no: int
+) -> PhaseResult:
+    """The workload's monitoring-plugins check, fork+exec per check (plugins.py runs them).
+
+    CPU of the side: the plugin processes reaped in the window (the runner's
+    ``os.times()`` children fields); probes: plugins reaped in the window, counted at the
+    same moment. The runner's own CPU (fork/exec, pipes, waits: the Nagios core's part) is
+    ``runner_cpu_s``, charged to neither side. Peak RSS: n/a (see below).
+    """
+    if not workload.plugins_command:
+        raise RuntimeError(f"workload {workload.name} has no plugins_command")
+    result = PhaseResult(side="plugins", round=round_no)
+    status_path = run_dir / f"plugins-r{round_no}.json"
+    log_path = run_dir / f"plugins-r{round_no}.log"
+    argv = [
+        sys.executable,
+        str(BENCH_DIR / "plugins.py"),
+        f"--targets={run_dir / 'targets.json'}",
+        f"--command={json.dumps(list(workload.plugins_command))}",
+        f"--interval={settings.interval}",
+        f"--timeout={settings.timeout}",
+        f"--concurrency={settings.plugins_concurrency}",
+        f"--status={status_path}",
+        f"--max-seconds={settings.warmup + settings.window + 30:.0f}",
+    ]
+    result.extra["argv"] = argv
+    started = time.monotonic()
+    proc = start_process(argv, log_path)
+    try:
+        # floor_status waits for a status file with a higher seq: plugins.py writes the same way.
+        first = await floor_status(proc, status_path, 0, ask=False)
+        result.startup_s = time.monotonic() - started
+        await asyncio.sleep(settings.warmup)
+        a = Samples.read(proc.pid, fleet.proc.pid)
+        s0 = await floor_status(proc, status_path, first["seq"])
+        await asyncio.sleep(max(0.0, a.daemon.wall + settings.window - time.monotonic()))
+        s1 = await floor_status(proc, status_path, s0["seq"])
+        d = Samples.read(proc.pid, fleet.proc.pid)
+        result.probes = s1["completed"] - s0["completed"]
+        result.successes = s1["ok"] - s0["ok"]
+        fill_common(result, a, d, proc.pid)
+        # fill_common took the runner's own CPU as the side's: move it, then count the plugins.
+        result.runner_cpu_s = result.cpu_s
+        result.user_s = s1["children_user_s"] - s0["children_user_s"]
+        result.system_s = s1["children_system_s"] - s0["children_system_s"]
+        result.cpu_s = result.user_s + result.system_s
+        result.loop_cpu_s = math.nan
+        result.cpu_ms_per_probe = result.cpu_s * 1000 / result.probes if result.probes else math.nan
+        ours = result.cpu_s + result.runner_cpu_s + result.fleet_cpu_s + result.harness_cpu_s
+        result.other_busy_cores = max(0.0, result.machine_busy_cores - ours / result.window_s)
+        # RUSAGE_CHILDREN's ru_maxrss counts a child's pages before exec too (the forked
+        # runner's image), so it is only an upper bound of a plugin's peak: reported apart.
+        result.peak_rss_mib = math.nan
+        result.extra["peak_child_rss_mib_upper_bound"] = s1["peak_child_rss_kib"] / 1024
+        lag = promstats.bucket_delta(_lag_buckets(s1), _lag_buckets(s0))
+        result.lag_buckets = {f"{b:g}": v for b, v in sorted(lag.items())}
+        result.lag_p50_ms = promstats.histogram_quantile(0.50, lag) * 1000
+        result.lag_p99_ms = promstats.histogram_quantile(0.99, lag) * 1000
+        result.expected_probes = settings.jobs * result.window_s / settings.interval
+        exit_codes = {
+            code: n - s0["exit_codes"].get(code, 0) for code, n in s1["exit_codes"].items()
+        }
+        result.extra.update(
+            {
+                "success_is": "plugins reaped in the window that exited 0",
+                "command": list(workload.plugins_command),
+                "cpu_is": "CPU of the plugin processes reaped in the window (cutime+cstime)",
+                "runner_cpu_s_user_system": [
+                    round(s1["self_user_s"] - s0["self_user_s"], 3),
+                    round(s1["self_system_s"] - s0["self_system_s"], 3),
+                ],
+                "runner_cpu_ms_per_check": (
+                    result.runner_cpu_s * 1000 / result.probes if result.probes else math.nan
+                ),
+                "runner_peak_rss_mib": procstat.peak_rss_mib(proc.pid),
+                "exit_codes": {k: v for k, v in exit_codes.items() if v},
+                "plugins_killed": s1["killed"] - s0["killed"],
+                "spawn_errors": s1["spawn_errors"] - s0["spawn_errors"],
+                "not_ok_examples": s1["not_ok_examples"],
+                "lag_is": "how late the runner started a plugin (exact buckets, interpolated)",
+            }
+        )
+    finally:
+        result.extra["exit_code"] = await stop_process(proc)
+        result.extra["log"] = scan_log(log_path)
+    return result
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -686,6 +793,10 @@ def side_summary(phases: list[PhaseResult]) -> dict[str, Any]:
         ),
         "per_phase_cpu_ms_per_probe": [p.cpu_ms_per_probe for p in phases],
     }
+    if phases and phases[0].side == "plugins":
+        summary["runner_cpu_ms_per_probe"] = (
+            sum(p.runner_cpu_s for p in phases) * 1000 / probes if probes else math.nan
+        )
     buckets: dict[float, float] = {}
     for p in phases:
         for bound, count in p.lag_buckets.items():
@@ -720,10 +831,44 @@ def phase_problems(p: PhaseResult) -> list[str]:
         problems.append(f"{where}: exit code {p.extra['exit_code']} after SIGTERM")
     problems.extend(
         f"{where}: {key} = {p.extra[key]:g}"
-        for key in ("probe_errors", "transport_errors", "http_non_200")
+        for key in (
+            "probe_errors",
+            "transport_errors",
+            "http_non_200",
+            "plugins_killed",
+            "spawn_errors",
+        )
         if p.extra.get(key)
     )
     return problems
+
+
+# (numerator, denominator, key of the ratio, key of its per-round list or None)
+RATIOS = (
+    ("probed", "blackbox", "ratio_probed_over_blackbox", "ratio_per_round"),
+    ("probed", "plugins", "ratio_probed_over_plugins", "ratio_probed_over_plugins_per_round"),
+    ("blackbox", "plugins", "ratio_blackbox_over_plugins", None),
+    ("probed", "floor", "ratio_probed_over_floor", None),
+    ("blackbox", "floor", "ratio_blackbox_over_floor", None),
+    ("plugins", "floor", "ratio_plugins_over_floor", None),
+)
+
+
+def add_ratios(summary: dict[str, Any], by_side: dict[str, list[PhaseResult]]) -> None:
+    """CPU per probe of one side over another's, over all phases (and per round for some)."""
+    for top, bottom, key, per_round_key in RATIOS:
+        if top not in summary or bottom not in summary:
+            continue
+        summary[key] = summary[top]["cpu_ms_per_probe"] / summary[bottom]["cpu_ms_per_probe"]
+        if per_round_key is None:
+            continue
+        per_round = []
+        for r in sorted({p.round for p in by_side[top]}):
+            tt = [p for p in by_side[top] if p.round == r]
+            bb = [p for p in by_side[bottom] if p.round == r]
+            if tt and bb and bb[0].cpu_ms_per_probe > 0:
+                per_round.append(tt[0].cpu_ms_per_probe / bb[0].cpu_ms_per_probe)
+        summary[per_round_key] = per_round
 
 
 def summarize(phases: list[PhaseResult], target_ms: float) -> dict[str, Any]:
@@ -731,26 +876,8 @@ def summarize(phases: list[PhaseResult], target_ms: float) -> dict[str, Any]:
     for p in phases:
         by_side.setdefault(p.side, []).append(p)
     summary: dict[str, Any] = {side: side_summary(ps) for side, ps in by_side.items()}
-    probed, blackbox = summary.get("probed"), summary.get("blackbox")
-    if probed and blackbox:
-        summary["ratio_probed_over_blackbox"] = (
-            probed["cpu_ms_per_probe"] / blackbox["cpu_ms_per_probe"]
-        )
-        rounds = sorted({p.round for p in phases})
-        per_round = []
-        for r in rounds:
-            pp = [p for p in by_side["probed"] if p.round == r]
-            bb = [p for p in by_side["blackbox"] if p.round == r]
-            if pp and bb and bb[0].cpu_ms_per_probe > 0:
-                per_round.append(pp[0].cpu_ms_per_probe / bb[0].cpu_ms_per_probe)
-        summary["ratio_per_round"] = per_round
-    floor = summary.get("floor")
-    if probed and floor:
-        summary["ratio_probed_over_floor"] = probed["cpu_ms_per_probe"] / floor["cpu_ms_per_probe"]
-    if blackbox and floor:
-        summary["ratio_blackbox_over_floor"] = (
-            blackbox["cpu_ms_per_probe"] / floor["cpu_ms_per_probe"]
-        )
+    probed = summary.get("probed")
+    add_ratios(summary, by_side)
     summary["problems"] = [problem for p in phases for problem in phase_problems(p)]
     digests = {p.extra.get("source_digest") for p in by_side.get("probed", [])}
     if len(digests) > 1:
@@ -770,7 +897,7 @@ def _f(value: float, digits: int = 3) -> str:
 def format_table(phases: list[PhaseResult]) -> str:
     header = (
         "side      rnd window_s probes  /s     ok%   cpu_s  cpu_ms/probe  lag_p50_ms "
-        "lag_p99_ms skipped rss_MiB fleet_cpu_s harness_cpu_s other_cores"
+        "lag_p99_ms skipped rss_MiB fleet_cpu_s harness_cpu_s other_cores runner_cpu_s"
     )
     rows = [header, "-" * len(header)]
     for p in phases:
@@ -781,7 +908,7 @@ def format_table(phases: list[PhaseResult]) -> str:
             f"{_f(ok, 1):>6} {p.cpu_s:>7.2f} {_f(p.cpu_ms_per_probe, 4):>13} "
             f"{_f(p.lag_p50_ms, 2):>11} {_f(p.lag_p99_ms, 2):>10} {p.skipped:>7} "
             f"{_f(p.peak_rss_mib, 1):>7} {p.fleet_cpu_s:>11.2f} {p.harness_cpu_s:>13.2f} "
-            f"{p.other_busy_cores:>11.2f}"
+            f"{p.other_busy_cores:>11.2f} {_f(p.runner_cpu_s, 2):>12}"
         )
     return "\n".join(rows)
 
@@ -801,6 +928,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"fleet {s['fleet_cpu_ms_per_probe']:.4f} ms/probe, "
             f"harness {s['harness_cpu_ms_per_probe']:.4f} ms/probe"
         )
+        if "runner_cpu_ms_per_probe" in s:
+            line += (
+                f", runner (fork/exec, charged to neither side) "
+                f"{s['runner_cpu_ms_per_probe']:.4f} ms/probe; peak RSS n/a"
+            )
         if "lag_p50_ms" in s:
             line += (
                 f", lag p50 {_f(s['lag_p50_ms'], 2)} ms p99 {_f(s['lag_p99_ms'], 2)} ms"
@@ -813,9 +945,19 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"ratio probed/blackbox CPU per probe: {summary['ratio_probed_over_blackbox']:.3f}"
             f" (per round: {per_round})"
         )
+    if "ratio_probed_over_plugins" in summary:
+        per_round = ", ".join(f"{r:.3f}" for r in summary["ratio_probed_over_plugins_per_round"])
+        lines.append(
+            f"ratio probed/plugins CPU per probe: {summary['ratio_probed_over_plugins']:.3f}"
+            f" (per round: {per_round})"
+        )
+    if "ratio_blackbox_over_plugins" in summary:
+        lines.append(
+            f"ratio blackbox/plugins CPU per probe: {summary['ratio_blackbox_over_plugins']:.3f}"
+        )
     lines.extend(
         f"ratio {side}/floor CPU per probe: {summary[f'ratio_{side}_over_floor']:.3f}"
-        for side in ("probed", "blackbox")
+        for side in ("probed", "blackbox", "plugins")
         if f"ratio_{side}_over_floor" in summary
     )
     if "target_met" in summary:
@@ -865,6 +1007,9 @@ def machine_info() -> dict[str, Any]:
         "blackbox_exporter": command_output([str(BLACKBOX), "--version"]).splitlines()[0]
         if BLACKBOX.exists()
         else "missing",
+        "monitoring_plugins": command_output([str(PLUGINS_DIR / "check_tcp"), "-V"])
+        if (PLUGINS_DIR / "check_tcp").exists()
+        else "missing",
         "clock_ticks_per_second": procstat.CLOCK_TICKS_PER_SECOND,
         "ip_local_port_range": sysctl("net.ipv4.ip_local_port_range"),
         "tcp_tw_reuse": sysctl("net.ipv4.tcp_tw_reuse"),
@@ -895,11 +1040,15 @@ def parse_settings(
     parser.add_argument(
         "--sides",
         default="probed,blackbox",
-        help="comma list in phase order, of probed, blackbox and floor (a bare uvloop client)",
+        help="comma list in phase order, of probed, blackbox, floor (a bare uvloop client) "
+        "and plugins (the monitoring-plugins check, fork+exec per check)",
     )
     parser.add_argument("--max-concurrency", type=int, default=1000)
     parser.add_argument("--per-host-concurrency", type=int, default=8)
     parser.add_argument("--driver-concurrency", type=int, default=256)
+    parser.add_argument(
+        "--plugins-concurrency", type=int, default=64, help="plugins running at once"
+    )
     parser.add_argument("--ports-per-host", type=int, default=4)
     parser.add_argument("--base-port", type=int, default=base_port, help="fleet's first port")
     parser.add_argument(
@@ -911,6 +1060,12 @@ def parse_settings(
         "--probed-cmd",
         default=None,
         help="command prefix that runs probed (default: .venv/bin/probed, else python -m probed)",
+    )
+    parser.add_argument(
+        "--plugins-cmd",
+        default=None,
+        help="the plugins side's command instead of the workload's (absolute path, then "
+        "arguments with {host}, {port}, {timeout}, {ca_file}, {server_name}; no shell)",
     )
     parser.add_argument(
         "--no-snapshot",
@@ -949,10 +1104,12 @@ def parse_settings(
         max_concurrency=args.max_concurrency,
         per_host_concurrency=args.per_host_concurrency,
         driver_concurrency=args.driver_concurrency,
+        plugins_concurrency=args.plugins_concurrency,
         ports_per_host=args.ports_per_host,
         base_port=args.base_port,
         fleet_args=tuple(shlex.split(args.fleet_args)),
         probed_cmd=tuple(args.probed_cmd.split()) if args.probed_cmd else None,
+        plugins_cmd=tuple(shlex.split(args.plugins_cmd)) if args.plugins_cmd else None,
         snapshot=not args.no_snapshot,
         out_dir=Path(args.out_dir),
         command=command_line(),
@@ -976,6 +1133,16 @@ def run_benchmark(settings: BenchSettings, workload: Workload, target_ms: float)
     promstats.self_check()
     if "blackbox" in settings.sides and not BLACKBOX.exists():
         raise SystemExit(f"{BLACKBOX} missing: apt-get install prometheus-blackbox-exporter")
+    if settings.plugins_cmd:
+        workload = replace(workload, plugins_command=settings.plugins_cmd)
+    if "plugins" in settings.sides:
+        if not workload.plugins_command:
+            raise SystemExit(f"workload {workload.name} has no plugins_command")
+        if not Path(workload.plugins_command[0]).exists():
+            raise SystemExit(
+                f"{workload.plugins_command[0]} missing: apt-get install "
+                "monitoring-plugins-basic monitoring-plugins-standard"
+            )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = settings.out_dir / f"{workload.name}-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -1002,7 +1169,12 @@ async def _run_phases(
     print(f"fleet: {fleet.info['listeners']} listeners on {fleet.info['hosts']} hosts", flush=True)
     workload = workload.for_fleet(fleet.info.get("extra") or {})
     phases: list[PhaseResult] = []
-    runners = {"probed": probed_phase, "blackbox": blackbox_phase, "floor": floor_phase}
+    runners = {
+        "probed": probed_phase,
+        "blackbox": blackbox_phase,
+        "floor": floor_phase,
+        "plugins": plugins_phase,
+    }
     try:
         for round_no in range(1, settings.rounds + 1):
             for side in settings.sides:
@@ -1011,7 +1183,7 @@ async def _run_phases(
                 phases.append(phase)
                 print(format_table([phase]).splitlines()[-1], flush=True)
     finally:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, KeyError):  # KeyError: it has exited (a zombie)
             fleet.info["peak_rss_mib"] = procstat.peak_rss_mib(fleet.proc.pid)
         fleet.info["exit_code"] = await stop_process(fleet.proc)
         fleet.info["log_tail"] = tail(run_dir / "fleet.log", 3)
@@ -1022,7 +1194,11 @@ async def _run_phases(
         "settings": asdict(settings),
         "machine": info,
         "fleet": fleet.info,
-        "modules": {"probed": workload.probed_module, "blackbox": workload.blackbox_module},
+        "modules": {
+            "probed": workload.probed_module,
+            "blackbox": workload.blackbox_module,
+            "plugins": list(workload.plugins_command),
+        },
         "phases": [asdict(p) for p in phases],
         "summary": summary,
     }
