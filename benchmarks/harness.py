@@ -635,6 +635,32 @@ async def floor_status(
     raise RuntimeError(f"floor.py did not report its counters (exit code {proc.poll()})")
 
 
+async def status_window(
+    settings: BenchSettings,
+    fleet: Fleet,
+    proc: subprocess.Popen[bytes],
+    status_path: Path,
+    result: PhaseResult,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Start-up, warm-up and the measured window of a client that reports its counters in a
+    status file on SIGUSR1 (floor.py, plugins.py): fills the common figures of ``result``
+    and returns the status at the window's start and end."""
+    started = time.monotonic()
+    first = await floor_status(proc, status_path, 0, ask=False)
+    result.startup_s = time.monotonic() - started
+    await asyncio.sleep(settings.warmup)
+    a = Samples.read(proc.pid, fleet.proc.pid)
+    s0 = await floor_status(proc, status_path, first["seq"])
+    await asyncio.sleep(max(0.0, a.daemon.wall + settings.window - time.monotonic()))
+    s1 = await floor_status(proc, status_path, s0["seq"])
+    d = Samples.read(proc.pid, fleet.proc.pid)
+    result.probes = s1["completed"] - s0["completed"]
+    result.successes = s1["ok"] - s0["ok"]
+    fill_common(result, a, d, proc.pid)
+    result.expected_probes = settings.jobs * result.window_s / settings.interval
+    return s0, s1
+
+
 async def floor_phase(
     settings: BenchSettings, workload: Workload, fleet: Fleet, run_dir: Path, round_no: int
 ) -> PhaseResult:
@@ -653,21 +679,9 @@ async def floor_phase(
         f"--max-seconds={settings.warmup + settings.window + 30:.0f}",
     ]
     result.extra["argv"] = argv
-    started = time.monotonic()
     proc = start_process(argv, log_path)
     try:
-        first = await floor_status(proc, status_path, 0, ask=False)
-        result.startup_s = time.monotonic() - started
-        await asyncio.sleep(settings.warmup)
-        a = Samples.read(proc.pid, fleet.proc.pid)
-        s0 = await floor_status(proc, status_path, first["seq"])
-        await asyncio.sleep(max(0.0, a.daemon.wall + settings.window - time.monotonic()))
-        s1 = await floor_status(proc, status_path, s0["seq"])
-        d = Samples.read(proc.pid, fleet.proc.pid)
-        result.probes = s1["completed"] - s0["completed"]
-        result.successes = s1["ok"] - s0["ok"]
-        fill_common(result, a, d, proc.pid)
-        result.expected_probes = settings.jobs * result.window_s / settings.interval
+        await status_window(settings, fleet, proc, status_path, result)
         result.extra["success_is"] = "checks completed in the window that succeeded"
     finally:
         result.extra["exit_code"] = await stop_process(proc)
@@ -706,21 +720,10 @@ async def plugins_phase(
         f"--max-seconds={settings.warmup + settings.window + 30:.0f}",
     ]
     result.extra["argv"] = argv
-    started = time.monotonic()
     proc = start_process(argv, log_path)
     try:
-        # floor_status waits for a status file with a higher seq: plugins.py writes the same way.
-        first = await floor_status(proc, status_path, 0, ask=False)
-        result.startup_s = time.monotonic() - started
-        await asyncio.sleep(settings.warmup)
-        a = Samples.read(proc.pid, fleet.proc.pid)
-        s0 = await floor_status(proc, status_path, first["seq"])
-        await asyncio.sleep(max(0.0, a.daemon.wall + settings.window - time.monotonic()))
-        s1 = await floor_status(proc, status_path, s0["seq"])
-        d = Samples.read(proc.pid, fleet.proc.pid)
-        result.probes = s1["completed"] - s0["completed"]
-        result.successes = s1["ok"] - s0["ok"]
-        fill_common(result, a, d, proc.pid)
+        # plugins.py writes its status file the way floor.py does.
+        s0, s1 = await status_window(settings, fleet, proc, status_path, result)
         # fill_common took the runner's own CPU as the side's: move it, then count the plugins.
         result.runner_cpu_s = result.cpu_s
         result.user_s = s1["children_user_s"] - s0["children_user_s"]
@@ -738,7 +741,6 @@ async def plugins_phase(
         result.lag_buckets = {f"{b:g}": v for b, v in sorted(lag.items())}
         result.lag_p50_ms = promstats.histogram_quantile(0.50, lag) * 1000
         result.lag_p99_ms = promstats.histogram_quantile(0.99, lag) * 1000
-        result.expected_probes = settings.jobs * result.window_s / settings.interval
         exit_codes = {
             code: n - s0["exit_codes"].get(code, 0) for code, n in s1["exit_codes"].items()
         }
