@@ -359,13 +359,10 @@ class Stream(asyncio.Protocol):
 
         def stepped(step: Future[None]) -> None:  # on the loop, once the thread is done
             deferred, self._deferred = self._deferred or [], None
-            assert self._tls_in is not None
-            for data in deferred:
-                self._tls_in.write(data)
-                if len(self._tls_head) < _HEAD:
-                    self._tls_head += data[: _HEAD - len(self._tls_head)]
+            for data in deferred:  # as if they arrived now
+                self.data_received(data)
             if self._deferred_eof:
-                self._tls_in.write_eof()
+                self.eof_received()
             self._fed_in_step = bool(deferred) or self._deferred_eof
             if waiter.done():  # the run was cancelled (its deadline) meanwhile
                 return
